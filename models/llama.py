@@ -1,0 +1,191 @@
+"""The Llama-family decoder as a pure function over a parameter pytree.
+
+One forward serves every use: a step is a flat run of ``T`` tokens from any number of sequences
+(``tokens[T]``, ``positions[T]``), attention is a pluggable object that knows which tokens see which
+(a dense segment mask for scoring, the paged KV cache for serving), and LoRA is applied per module
+group with the token's device slot (``jlora.kernels``).
+
+The layers are walked as an unrolled Python loop over per-layer weights rather than a ``lax.scan``
+over stacked weights: on the H100 the scan measured 2.5-3x slower for the same projections (each
+layer's slice appears to be copied before its matmul), and the unrolled loop lets the weight read of
+layer ``i + 1`` overlap layer ``i``.
+
+Shapes: ``T`` tokens, ``d`` hidden size, ``Hq``/``Hkv`` query/key-value heads of width ``D``,
+``V`` vocabulary, ``I`` MLP width. Weights are stored ``[in, out]`` (the transpose of torch's), and
+the projections that read the same input are fused (q|k|v, gate|up), as the LoRA groups are: one
+matmul each, and the LoRA delta of the group adds onto its output directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jlora.kernels import LoraBatch, LoraGroup, lora_group_delta
+from models.config import ModelConfig
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class LayerParams:
+    """Weights of one decoder layer."""
+
+    input_norm: jax.Array  # [d]
+    w_qkv: jax.Array  # [d, Hq*D + 2*Hkv*D]   q | k | v fused on the output dim
+    w_o: jax.Array  # [Hq*D, d]
+    post_attn_norm: jax.Array  # [d]
+    w_gate_up: jax.Array  # [d, 2*I]          gate | up fused on the output dim
+    w_down: jax.Array  # [I, d]
+    b_qkv: jax.Array | None = None  # [Hq*D + 2*Hkv*D]  (Qwen2, Llama attention_bias)
+    b_o: jax.Array | None = None  # [d]                 (Llama attention_bias)
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class LlamaParams:
+    """All weights of a model; ``lm_head`` is None when tied to the embedding."""
+
+    embed: jax.Array  # [V, d]
+    layers: tuple[LayerParams, ...]
+    final_norm: jax.Array  # [d]
+    lm_head: jax.Array | None  # [d, V]
+
+
+# Per layer, the slot buffers of each module group ("qkv", "o", "gate_up", "down").
+LoraLayers = tuple[dict[str, LoraGroup], ...]
+
+
+class Attention(Protocol):
+    """Attention over one step's tokens. Implementations own the KV state they thread through."""
+
+    def __call__(
+        self,
+        layer: int,
+        q: jax.Array,  # [T, Hq, D] (rotary applied)
+        k: jax.Array,  # [T, Hkv, D] (rotary applied)
+        v: jax.Array,  # [T, Hkv, D]
+        kv_state,
+    ) -> tuple[jax.Array, object]:  # o [T, Hq, D], new kv_state
+        ...
+
+
+@dataclass(frozen=True)
+class SegmentAttention:
+    """Causal attention among the tokens of the same sequence within the step (no cache).
+
+    ``seq_ids`` names each token's sequence; padding tokens carry -1 and see only themselves, so
+    their rows stay finite and are ignored.
+    """
+
+    seq_ids: jax.Array  # [T] int32
+    positions: jax.Array  # [T] int32
+
+    def __call__(self, layer, q, k, v, kv_state):
+        mask = (self.seq_ids[:, None] == self.seq_ids[None, :]) & (
+            self.positions[None, :] <= self.positions[:, None]
+        )
+        mask = mask | jnp.eye(q.shape[0], dtype=bool)
+        return dense_attention(q, k, v, mask), kv_state
+
+
+def dense_attention(
+    q: jax.Array,  # [Tq, Hq, D]
+    k: jax.Array,  # [Tk, Hkv, D]
+    v: jax.Array,  # [Tk, Hkv, D]
+    mask: jax.Array,  # [Tq, Tk] bool, True = may attend
+) -> jax.Array:  # [Tq, Hq, D]
+    """Grouped-query softmax attention with float32 scores."""
+    tq, hq, d = q.shape
+    hkv = k.shape[1]
+    qg = q.reshape(tq, hkv, hq // hkv, d)
+    scores = jnp.einsum("qkgd,skd->kgqs", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (d**-0.5)
+    scores = jnp.where(mask[None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("kgqs,skd->qkgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(tq, hq, d).astype(q.dtype)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm computed in float32, scaled in the input dtype, as transformers does."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight * x32.astype(x.dtype)
+
+
+def rotary(
+    x: jax.Array,  # [T, H, D]
+    positions: jax.Array,  # [T]
+    inv_freq: np.ndarray,  # [D/2]
+) -> jax.Array:  # [T, H, D]
+    """Rotary embedding in the 'rotate half' layout of Hugging Face checkpoints."""
+    angles = positions.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq, jnp.float32)[None, :]
+    emb = jnp.concatenate([angles, angles], axis=-1)  # [T, D]
+    cos = jnp.cos(emb).astype(x.dtype)[:, None, :]
+    sin = jnp.sin(emb).astype(x.dtype)[:, None, :]
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def _linear(x: jax.Array, w: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+    y = jnp.dot(x, w, preferred_element_type=jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def forward(
+    params: LlamaParams,
+    cfg: ModelConfig,
+    tokens: jax.Array,  # [T] int32
+    positions: jax.Array,  # [T] int32
+    attention: Attention,
+    kv_state=None,
+    lora: LoraLayers | None = None,
+    lora_batch: LoraBatch | None = None,
+    lora_backend: str = "xla",
+) -> tuple[jax.Array, object]:  # hidden [T, d] (final-normed), new kv_state
+    """Run the decoder over one step's tokens. Call :func:`logits` on the rows you need."""
+    inv_freq = cfg.rope.inv_freq(cfg.head_dim)
+    t = tokens.shape[0]
+    h = params.embed[tokens]  # [T, d]
+
+    def add_lora(y: jax.Array, x: jax.Array, layer: int, group: str, sizes) -> jax.Array:
+        if lora is None:
+            return y
+        delta = lora_group_delta(x, lora[layer][group], lora_batch, sizes, backend=lora_backend)
+        return y + delta
+
+    qkv_sizes = (cfg.q_size, cfg.kv_size, cfg.kv_size)
+    for i, lp in enumerate(params.layers):
+        x = rms_norm(h, lp.input_norm, cfg.rms_norm_eps)
+        qkv = add_lora(_linear(x, lp.w_qkv, lp.b_qkv), x, i, "qkv", qkv_sizes)
+        q, k, v = jnp.split(qkv, [cfg.q_size, cfg.q_size + cfg.kv_size], axis=-1)
+        q = rotary(q.reshape(t, cfg.num_heads, cfg.head_dim), positions, inv_freq)
+        k = rotary(k.reshape(t, cfg.num_kv_heads, cfg.head_dim), positions, inv_freq)
+        v = v.reshape(t, cfg.num_kv_heads, cfg.head_dim)
+        attn, kv_state = attention(i, q, k, v, kv_state)
+        attn = attn.reshape(t, cfg.q_size)
+        o = add_lora(_linear(attn, lp.w_o, lp.b_o), attn, i, "o", (cfg.hidden_size,))
+        h = h + o
+
+        x = rms_norm(h, lp.post_attn_norm, cfg.rms_norm_eps)
+        gate_up = add_lora(_linear(x, lp.w_gate_up), x, i, "gate_up", (cfg.intermediate_size,) * 2)
+        gate, up = jnp.split(gate_up, 2, axis=-1)
+        act = (jax.nn.silu(gate.astype(jnp.float32)) * up.astype(jnp.float32)).astype(h.dtype)
+        down = add_lora(_linear(act, lp.w_down), act, i, "down", (cfg.hidden_size,))
+        h = h + down
+
+    return rms_norm(h, params.final_norm, cfg.rms_norm_eps), kv_state
+
+
+def logits(params: LlamaParams, hidden: jax.Array) -> jax.Array:  # hidden [N, d] -> [N, V] f32
+    """Next-token logits (float32) of final-normed hidden rows."""
+    if params.lm_head is None:
+        return jnp.einsum("nd,vd->nv", hidden, params.embed, preferred_element_type=jnp.float32)
+    return jnp.dot(hidden, params.lm_head, preferred_element_type=jnp.float32)
