@@ -41,10 +41,40 @@ class EngineConfig:
     lora_backend: str = "xla"
     """LoRA math: ``xla`` (reference, one-hot einsum) or ``pallas`` (kernels for the platform;
     interpret mode on CPU)."""
+    lora_eviction_policy: str = "lru"
+    """Which adapter leaves a device slot (or the host cache) when another needs it: ``lru`` or
+    ``fifo``. An adapter with running requests never leaves its slot."""
+    base_model_uses_slot: bool = False
+    """Requests without an adapter count as one adapter against ``max_loras_per_batch``, as in
+    SGLang (where the base model takes a slot)."""
     seed: int = 0
     """Seed of dummy weights and dummy adapters."""
-    max_score_tokens: int = 2048
-    """Most tokens one ``score`` batch runs at once (longer prompt lists are split)."""
+
+    # KV cache and batching
+    context_length: int | None = None
+    """Longest sequence (prompt + output) served; default: the model's, at most 4096."""
+    page_size: int = 16
+    """Tokens per KV cache page."""
+    max_total_tokens: int | None = None
+    """KV cache capacity in tokens; default: ``mem_fraction_static`` of the free device memory
+    (on the CPU, which reports none, room for 64 full contexts)."""
+    mem_fraction_static: float = 0.85
+    """Fraction of free device memory given to the KV cache when ``max_total_tokens`` is unset."""
+    max_running_requests: int = 64
+    """Most requests running (prefilling or decoding) at once."""
+    max_prefill_tokens: int = 2048
+    """Token budget of one prefill step (also the largest prefill shape compiled)."""
+    chunked_prefill_size: int | None = None
+    """Longest piece of one prompt per prefill step (default: ``max_prefill_tokens``)."""
+    decode_batch_buckets: tuple[int, ...] | None = None
+    """Decode batch sizes compiled (default: 8, 32, 128... up to ``max_running_requests``)."""
+    prefill_token_buckets: tuple[int, ...] | None = None
+    """Prefill token counts compiled (default: 64, 256, 1024... up to ``max_prefill_tokens``)."""
+    kv_len_buckets: tuple[int, ...] | None = None
+    """Context lengths (tokens) a decode step is compiled for (default: 256, 1024... up to
+    ``context_length``)."""
+    warmup: bool = True
+    """Compile every bucket at start-up, so serving never compiles."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -58,7 +88,20 @@ class EngineConfig:
         _choice("lora_backend", self.lora_backend, LORA_BACKENDS)
         _positive_int("max_loras_per_batch", self.max_loras_per_batch)
         _positive_int("max_lora_rank", self.max_lora_rank)
-        _positive_int("max_score_tokens", self.max_score_tokens)
+        _choice("lora_eviction_policy", self.lora_eviction_policy, ("lru", "fifo"))
+        for name in ("page_size", "max_running_requests", "max_prefill_tokens"):
+            _positive_int(name, getattr(self, name))
+        for name in ("context_length", "max_total_tokens", "chunked_prefill_size"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if not 0 < self.mem_fraction_static <= 1:
+            raise ValueError(f"mem_fraction_static={self.mem_fraction_static!r} must be in (0, 1]")
+        for name in ("decode_batch_buckets", "prefill_token_buckets", "kv_len_buckets"):
+            value = getattr(self, name)
+            if value is not None:
+                if not value or any(not isinstance(v, int) or v < 1 for v in value):
+                    raise ValueError(f"{name}={value!r} must be positive integers")
+                object.__setattr__(self, name, tuple(sorted(set(value))))
         if self.max_loaded_loras is not None:
             _positive_int("max_loaded_loras", self.max_loaded_loras)
             if self.max_loaded_loras < self.max_loras_per_batch:
@@ -78,6 +121,16 @@ class EngineConfig:
         if Path(self.model).is_dir():
             return ModelConfig.from_hf_dir(self.model)
         return get_preset(self.model)
+
+    def resolved_context_length(self, model: ModelConfig) -> int:
+        if self.context_length is None:
+            return min(model.max_position_embeddings, 4096)
+        if self.context_length > model.max_position_embeddings:
+            raise ValueError(
+                f"context_length={self.context_length} exceeds the model's "
+                f"max_position_embeddings={model.max_position_embeddings}"
+            )
+        return self.context_length
 
     @property
     def uses_files(self) -> bool:

@@ -1,75 +1,140 @@
-"""The engine: a base model, its adapters, and the device slots the forward reads.
+"""The engine: requests in, tokens out, one scheduler decision and one jitted step at a time.
 
-``Engine.score`` runs prompts of mixed adapters through the jitted forward and returns next-token
-logits at every position. Prompts are packed into flat steps of at most ``max_score_tokens`` tokens
-and at most ``max_loras_per_batch`` distinct adapters, ordered by slot (the kernels' layout), padded
-to a power-of-two token bucket so that a handful of shapes are ever compiled.
+::
+
+    engine = Engine(EngineConfig(model="tiny", lora_paths={"a0": "dummy:8"}, max_loras_per_batch=2))
+    rid = engine.add_request([1, 2, 3], SamplingParams(max_new_tokens=8), lora_name="a0")
+    while engine.has_unfinished():
+        finished = engine.step()   # the RequestOutputs that finished in this step
+
+Each :meth:`Engine.step` asks the scheduler for a plan (from host state only), has the runner copy
+any adapter the plan needs into its device slot, runs the one prefill or decode step, and applies
+the sampled tokens: timestamps, stop conditions, freeing what finished. The runner and the clock are
+injected, so the same loop runs the real model, a fake runner in tests, or the simulator.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+import itertools
+import zlib
+from collections.abc import Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jlora.adapters.dummy import parse_dummy_spec, random_adapter
 from jlora.adapters.peft import LoraAdapter, load_peft_adapter
+from jlora.adapters.pool import AdapterPool
 from jlora.adapters.slots import SlotBuffers
+from jlora.clock import Clock, RealClock
 from jlora.config import EngineConfig
-from jlora.kernels.types import NO_SLOT, LoraBatch, make_lora_batch
+from jlora.kernels.types import NO_SLOT
+from jlora.runner.base import DecodeSeq, PrefillSeq, Runner
+from jlora.runner.buckets import ShapeBuckets, geometric
+from jlora.runner.kv_cache import PagePool, kv_bytes_per_page
+from jlora.sampling import SamplingParams
+from jlora.scheduler.request import Request, RequestOutput, Status, StreamEvent
+from jlora.scheduler.scheduler import Policy, Scheduler, SchedulerConfig
 from models.config import ModelConfig
-from models.llama import LlamaParams, LoraLayers, SegmentAttention, forward, logits
-from models.weights import init_dummy_weights, load_hf_weights
-
-MIN_TOKEN_BUCKET = 16
+from models.weights import DTYPES, init_dummy_weights, load_hf_weights
 
 
-def token_bucket(n: int) -> int:
-    """Smallest power of two >= n (and >= MIN_TOKEN_BUCKET): the padded step length."""
-    return max(MIN_TOKEN_BUCKET, 1 << (n - 1).bit_length())
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "lora_backend"))
-def _score_step(
-    params: LlamaParams,
-    lora: LoraLayers,
-    tokens: jax.Array,  # [T] int32
-    positions: jax.Array,  # [T] int32
-    seq_ids: jax.Array,  # [T] int32, -1 for padding
-    lora_batch: LoraBatch,
-    cfg: ModelConfig,
-    lora_backend: str,
-) -> jax.Array:  # [T, V] float32
-    attention = SegmentAttention(seq_ids=seq_ids, positions=positions)
-    hidden, _ = forward(
-        params, cfg, tokens, positions, attention, None, lora, lora_batch, lora_backend
+def make_buckets(config: EngineConfig, model: ModelConfig) -> ShapeBuckets:
+    """The step shapes this configuration compiles (one owner: :class:`ShapeBuckets`)."""
+    context = config.resolved_context_length(model)
+    pages_per_seq = -(-context // config.page_size)
+    kv_tokens = config.kv_len_buckets or geometric(256, context, 4)
+    kv_pages = tuple(sorted({min(pages_per_seq, -(-t // config.page_size)) for t in kv_tokens}))
+    if kv_pages[-1] < pages_per_seq:
+        kv_pages += (pages_per_seq,)
+    return ShapeBuckets(
+        prefill_tokens=config.prefill_token_buckets or geometric(64, config.max_prefill_tokens, 4),
+        decode_batch=config.decode_batch_buckets or geometric(8, config.max_running_requests, 4),
+        kv_pages=kv_pages,
+        prefix_pages=pages_per_seq,
+        prefill_rows=min(config.max_running_requests, config.max_prefill_tokens),
     )
-    return logits(params, hidden)
+
+
+def kv_capacity_pages(config: EngineConfig, model: ModelConfig, context: int) -> int:
+    """Pages of KV cache: from ``max_total_tokens``, or a fraction of the free device memory."""
+    if config.max_total_tokens is not None:
+        return -(-config.max_total_tokens // config.page_size) + 1
+    per_page = kv_bytes_per_page(model, config.page_size, DTYPES[config.dtype])
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+        return max(2, int(free * config.mem_fraction_static) // per_page)
+    return 64 * -(-context // config.page_size) + 1  # CPU: room for 64 full contexts
 
 
 class Engine:
     """A base model with multi-LoRA serving. See :class:`~jlora.config.EngineConfig`."""
 
-    def __init__(self, config: EngineConfig):
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        runner: Runner | None = None,
+        clock: Clock | None = None,
+        policy: Policy | None = None,
+        adapter_loader=None,
+    ):
         self.config = config
         self.model_config: ModelConfig = config.model_config()
-        if config.uses_files:
-            self.params = load_hf_weights(config.model, self.model_config, config.dtype)
-        else:
-            self.params = init_dummy_weights(self.model_config, config.dtype, config.seed)
-        self.adapters: dict[str, LoraAdapter] = {}
-        for i, (name, path) in enumerate(config.lora_paths.items()):
-            self.adapters[name] = self._load_adapter(name, path, seed=config.seed + 1 + i)
-        self.slots = SlotBuffers(
-            self.model_config, config.max_loras_per_batch, config.max_lora_rank, config.dtype
+        self.context_length = config.resolved_context_length(self.model_config)
+        self.clock: Clock = clock or RealClock()
+        self.buckets = make_buckets(config, self.model_config)
+        num_pages = kv_capacity_pages(config, self.model_config, self.context_length)
+        self.pages = PagePool(num_pages, config.page_size)
+        self.adapters = AdapterPool(
+            adapter_loader or self._load_adapter,
+            config.max_loras_per_batch,
+            config.max_loaded_loras,
+            config.lora_eviction_policy,
         )
-        self._slot_clock = np.zeros(config.max_loras_per_batch, np.int64)
-        self._tick = 0
+        for name, path in config.lora_paths.items():
+            self.adapters.register(name, path)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                max_running_requests=config.max_running_requests,
+                max_prefill_tokens=config.max_prefill_tokens,
+                chunked_prefill_size=config.chunked_prefill_size or config.max_prefill_tokens,
+                max_prefill_seqs=self.buckets.prefill_rows,
+                base_uses_slot=config.base_model_uses_slot,
+            ),
+            self.pages,
+            self.adapters,
+            policy,
+        )
+        if runner is None:
+            from jlora.runner.model_runner import ModelRunner
 
-    def _load_adapter(self, name: str, path: str, seed: int) -> LoraAdapter:
+            if config.uses_files:
+                params = load_hf_weights(config.model, self.model_config, config.dtype)
+            else:
+                params = init_dummy_weights(self.model_config, config.dtype, config.seed)
+            slots = SlotBuffers(
+                self.model_config, config.max_loras_per_batch, config.max_lora_rank, config.dtype
+            )
+            runner = ModelRunner(
+                params,
+                self.model_config,
+                slots,
+                self.buckets,
+                num_pages,
+                config.page_size,
+                config.lora_backend,
+            )
+            if config.warmup:
+                runner.warmup()
+        self.runner = runner
+        self.requests: dict[int, Request] = {}
+        self._rids = itertools.count()
+        self._events: dict[int, list[StreamEvent]] = {}
+        self.num_steps = 0
+
+    def _load_adapter(self, name: str, path: str) -> LoraAdapter:
         rank = parse_dummy_spec(path)
         if rank is None:
             return load_peft_adapter(name, path, self.model_config, self.config.max_lora_rank)
@@ -77,60 +142,239 @@ class Engine:
             raise ValueError(
                 f"adapter {name!r}: rank={rank} is above max_lora_rank={self.config.max_lora_rank}"
             )
-        return random_adapter(name, self.model_config, rank, seed=seed)
+        # Seeded by name, so a dummy adapter read again after eviction is the same adapter.
+        return random_adapter(
+            name, self.model_config, rank, seed=self.config.seed + zlib.crc32(name.encode())
+        )
+
+    # ------------------------------------------------------------------ adapters at run time
+    def load_lora_adapter(self, name: str, path: str, pinned: bool = False) -> None:
+        """Register an adapter (a PEFT directory or ``dummy:RANK``); pinned ones keep a slot."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"adapter name {name!r} must be a non-empty string")
+        self.adapters.register(name, path, pinned=pinned)
+        if pinned:
+            taken = self.adapters.take_slot(name, self.scheduler.running_adapters() - {None})
+            if taken is None:
+                self.adapters.unregister(name)
+                raise ValueError(f"no free slot to pin adapter {name!r}: every slot is in use")
+            slot, must_load = taken
+            if must_load:
+                self.runner.load_lora(slot, self.adapters.get(name))
+
+    def unload_lora_adapter(self, name: str) -> None:
+        """Forget an adapter; refused while any request (waiting or running) uses it."""
+        if not self.adapters.known(name):
+            raise ValueError(f"unknown adapter name {name!r}")
+        users = [
+            r.rid for r in self.scheduler.waiting + self.scheduler.running if r.lora_name == name
+        ]
+        if users:
+            raise ValueError(
+                f"adapter {name!r} is in use by {len(users)} unfinished requests (e.g. {users[:3]})"
+            )
+        slot = self.adapters.unregister(name)
+        if slot is not None:
+            self.runner.load_lora(slot, None)
+
+    # ------------------------------------------------------------------ requests
+    def add_request(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams | None = None,
+        lora_name: str | None = None,
+        arrival_time: float | None = None,
+    ) -> int:
+        """Queue a request; returns its id. Bad input raises ``ValueError`` and queues nothing."""
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
+        prompt = self._check_prompt(prompt_ids, "prompt")
+        self._check_lora_name(lora_name)
+        total = len(prompt) + params.max_new_tokens
+        if total > self.context_length:
+            raise ValueError(
+                f"prompt of {len(prompt)} tokens plus max_new_tokens={params.max_new_tokens} is "
+                f"{total}, beyond the context length {self.context_length}"
+            )
+        if self.pages.pages_for(total) > self.pages.capacity:
+            raise ValueError(
+                f"a request of {total} tokens needs {self.pages.pages_for(total)} KV pages but the "
+                f"cache holds {self.pages.capacity}; raise max_total_tokens"
+            )
+        rid = next(self._rids)
+        now = self.clock.now() if arrival_time is None else arrival_time
+        req = Request(rid=rid, prompt=prompt, params=params, lora_name=lora_name, arrival=now)
+        self.requests[rid] = req
+        self.scheduler.add(req)
+        return rid
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduling decision and one step; returns the outputs finished in it."""
+        plan = self.scheduler.schedule(self.clock.now())
+        self.last_plan = plan
+        if plan.kind == "idle":
+            return []
+        for slot, name in plan.loads:
+            self.runner.load_lora(slot, self.adapters.get(name))
+        finished: list[RequestOutput] = []
+        if plan.kind == "prefill":
+            tokens = self.runner.prefill([self._prefill_seq(item) for item in plan.prefill])
+            now = self.clock.now()
+            for item, token in zip(plan.prefill, tokens, strict=True):
+                item.req.num_computed = item.end
+                if item.completes:
+                    self._append(item.req, token, now, finished)
+        else:
+            tokens = self.runner.decode([self._decode_seq(r) for r in plan.decode])
+            now = self.clock.now()
+            for req, token in zip(plan.decode, tokens, strict=True):
+                req.num_computed = req.num_tokens
+                self._append(req, token, now, finished)
+        self.num_steps += 1
+        return finished
+
+    def _slot(self, req: Request) -> int:
+        if req.lora_name is None:
+            return NO_SLOT
+        slot = self.adapters.slot_of(req.lora_name)
+        assert slot is not None, f"running request {req.rid} has no slot for {req.lora_name!r}"
+        return slot
+
+    def _seed(self, req: Request) -> int:
+        return (req.params.seed if req.params.seed is not None else self.config.seed + req.rid) % (
+            1 << 32
+        )
+
+    def _prefill_seq(self, item) -> PrefillSeq:
+        req = item.req
+        return PrefillSeq(
+            rid=req.rid,
+            tokens=req.all_tokens[item.start : item.end],
+            start=item.start,
+            pages=tuple(req.pages),
+            lora_slot=self._slot(req),
+            sample=item.completes,
+            params=req.params,
+            seed=self._seed(req),
+            out_index=len(req.output),
+        )
+
+    def _decode_seq(self, req: Request) -> DecodeSeq:
+        return DecodeSeq(
+            rid=req.rid,
+            token=int(req.output[-1]),
+            position=req.num_tokens - 1,
+            pages=tuple(req.pages),
+            lora_slot=self._slot(req),
+            params=req.params,
+            seed=self._seed(req),
+            out_index=len(req.output),
+        )
+
+    def _append(self, req: Request, token: int, now: float, finished: list[RequestOutput]) -> None:
+        req.output.append(int(token))
+        req.token_times.append(now)
+        p = req.params
+        reason = None
+        if not p.ignore_eos and (
+            token in self.model_config.eos_token_ids or token in p.stop_token_ids
+        ):
+            reason = "stop"
+        elif len(req.output) >= p.max_new_tokens or req.num_tokens >= self.context_length:
+            reason = "length"
+        out = None
+        if reason is not None:
+            req.finish_reason, req.finish_time = reason, now
+            self.scheduler.finish(req)
+            out = RequestOutput.of(req)
+            finished.append(out)
+        if req.rid in self._events:
+            self._events[req.rid].append(
+                StreamEvent(req.rid, int(token), len(req.output) - 1, now, finished=out)
+            )
+
+    def abort(self, rid: int) -> RequestOutput:
+        """End a request now; it returns what it generated, with finish reason ``abort``."""
+        req = self.requests.get(rid)
+        if req is None:
+            raise ValueError(f"unknown request id {rid}")
+        if req.status != Status.FINISHED:
+            req.finish_reason, req.finish_time = "abort", self.clock.now()
+            self.scheduler.finish(req)
+        return RequestOutput.of(req)
+
+    # ------------------------------------------------------------------ conveniences
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        lora_name: str | None | Sequence[str | None] = None,
+    ) -> list[RequestOutput]:
+        """Run prompts to completion; outputs in input order."""
+        names = self._per_prompt(lora_name, len(prompts), "lora_name")
+        plist = self._per_prompt(params, len(prompts), "params")
+        rids = [self.add_request(p, sp, n) for p, sp, n in zip(prompts, plist, names, strict=True)]
+        while any(self.requests[r].status != Status.FINISHED for r in rids):
+            self.step()
+        return [RequestOutput.of(self.requests[r]) for r in rids]
+
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams | None = None,
+        lora_name: str | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Yield the request's tokens as they come (other queued requests run alongside)."""
+        rid = self.add_request(prompt_ids, params, lora_name)
+        self._events[rid] = []
+        try:
+            while True:
+                events, self._events[rid] = self._events[rid], []
+                yield from events
+                if self.requests[rid].status == Status.FINISHED:
+                    return
+                self.step()
+        finally:
+            self._events.pop(rid, None)
+
+    @staticmethod
+    def _per_prompt(value, n: int, what: str) -> list:
+        if value is None or isinstance(value, str | SamplingParams):
+            return [value] * n
+        value = list(value)
+        if len(value) != n:
+            raise ValueError(f"{what} has {len(value)} entries for {n} prompts")
+        return value
 
     # ------------------------------------------------------------------ validation
-    def _check_prompts(self, prompts: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence) or not prompts:
-            raise ValueError("prompts must be a non-empty list of token-id lists")
-        vocab, ctx = self.model_config.vocab_size, self.model_config.max_position_embeddings
-        out = []
-        for i, prompt in enumerate(prompts):
-            ids = np.asarray(prompt)
-            if ids.ndim != 1 or ids.size == 0:
-                raise ValueError(f"prompt {i} is empty or not a flat list of token ids")
-            if not np.issubdtype(ids.dtype, np.integer):
-                raise ValueError(f"prompt {i} holds non-integer values (dtype {ids.dtype})")
-            bad = ids[(ids < 0) | (ids >= vocab)]
-            if bad.size:
-                raise ValueError(
-                    f"prompt {i} has token id {int(bad[0])} outside the vocabulary [0, {vocab})"
-                )
-            if ids.size > ctx:
-                raise ValueError(f"prompt {i} has {ids.size} tokens, longer than the context {ctx}")
-            out.append(ids.astype(np.int32))
-        return out
+    def _check_prompt(self, prompt, what: str) -> np.ndarray:
+        if isinstance(prompt, str | bytes):
+            raise ValueError(f"{what} must be a list of token ids, not text")
+        ids = np.asarray(prompt)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(f"{what} is empty or not a flat list of token ids")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"{what} holds non-integer values (dtype {ids.dtype})")
+        vocab = self.model_config.vocab_size
+        bad = ids[(ids < 0) | (ids >= vocab)]
+        if bad.size:
+            raise ValueError(
+                f"{what} has token id {int(bad[0])} outside the vocabulary [0, {vocab})"
+            )
+        if ids.size > self.context_length:
+            raise ValueError(
+                f"{what} has {ids.size} tokens, longer than the context {self.context_length}"
+            )
+        return ids.astype(np.int32)
 
-    def _check_lora_names(self, lora_name, n: int) -> list[str | None]:
-        names = [lora_name] * n if lora_name is None or isinstance(lora_name, str) else lora_name
-        names = list(names)
-        if len(names) != n:
-            raise ValueError(f"lora_name has {len(names)} entries for {n} prompts")
-        for name in names:
-            if name is not None and name not in self.adapters:
-                known = ", ".join(sorted(self.adapters)) or "none loaded"
-                raise ValueError(f"unknown adapter name {name!r} (known: {known})")
-        return names
-
-    # ------------------------------------------------------------------ slots
-    def _ensure_in_slots(self, names: set[str]) -> dict[str, int]:
-        """Put ``names`` into device slots, evicting the least recently used others."""
-        if len(names) > self.slots.num_slots:
-            raise ValueError(f"{len(names)} adapters exceed {self.slots.num_slots} slots")
-        self._tick += 1
-        placed = {}
-        for name in sorted(names, key=lambda n: self.slots.slot_of(n) is None):
-            slot = self.slots.slot_of(name)
-            if slot is None:
-                busy = set(placed.values())
-                free = [s for s in range(self.slots.num_slots) if s not in busy]
-                slot = min(
-                    free, key=lambda s: (self.slots.occupant[s] is not None, self._slot_clock[s])
-                )
-                self.slots.put(slot, self.adapters[name])
-            placed[name] = slot
-            self._slot_clock[slot] = self._tick
-        return placed
+    def _check_lora_name(self, name) -> None:
+        if name is not None and not self.adapters.known(name):
+            known = ", ".join(sorted(self.adapters.paths)) or "none loaded"
+            raise ValueError(f"unknown adapter name {name!r} (known: {known})")
 
     # ------------------------------------------------------------------ scoring
     def score(
@@ -138,62 +382,53 @@ class Engine:
         prompts: Sequence[Sequence[int]],
         lora_name: str | None | Sequence[str | None] = None,
     ) -> list[np.ndarray]:
-        """Next-token logits (float32 ``[len(prompt), vocab]``) at every position of each prompt."""
-        ids = self._check_prompts(prompts)
-        names = self._check_lora_names(lora_name, len(ids))
+        """Next-token logits (float32 ``[len(prompt), vocab]``) at every position of each prompt.
+
+        Runs through the same runner and adapter slots as serving, between steps; the slots of
+        adapters with running requests are left alone.
+        """
+        if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence) or not prompts:
+            raise ValueError("prompts must be a non-empty list of token-id lists")
+        ids = [self._check_prompt(p, f"prompt {i}") for i, p in enumerate(prompts)]
+        names = self._per_prompt(lora_name, len(ids), "lora_name")
+        for name in names:
+            self._check_lora_name(name)
+        busy = self.scheduler.running_adapters() - {None}
+        free_slots = self.adapters.num_slots - len(busy)
         results: list[np.ndarray | None] = [None] * len(ids)
-        for batch in self._pack(ids, names):
-            self._run_score_batch(batch, ids, names, results)
+        limit = self.buckets.prefill_tokens[-1]
+        batch: list[int] = []
+        for i in range(len(ids) + 1):
+            if i < len(ids):
+                if len(ids[i]) > limit:
+                    raise ValueError(
+                        f"prompt {i} has {len(ids[i])} tokens; score takes at most {limit} "
+                        "(max_prefill_tokens) per prompt"
+                    )
+                grown = {names[j] for j in batch + [i]} - {None} - busy
+                tokens = sum(len(ids[j]) for j in batch) + len(ids[i])
+                if not batch or (tokens <= limit and len(grown) <= free_slots):
+                    batch.append(i)
+                    continue
+            self._score_batch(batch, ids, names, busy, results)
+            batch = [i]
         return results  # type: ignore[return-value]
 
-    def _pack(self, ids: list[np.ndarray], names: list[str | None]) -> list[list[int]]:
-        """Split prompts, in order, into steps within the token and slot budgets."""
-        batches, current, tokens, adapters = [], [], 0, set()
-        limit, slots = max(self.config.max_score_tokens, max(len(x) for x in ids)), self.slots
-        for i, (x, name) in enumerate(zip(ids, names, strict=True)):
-            grows = name is not None and name not in adapters
-            if current and (
-                tokens + len(x) > limit or (grows and len(adapters) == slots.num_slots)
-            ):
-                batches.append(current)
-                current, tokens, adapters = [], 0, set()
-            current.append(i)
-            tokens += len(x)
-            if name is not None:
-                adapters.add(name)
-        batches.append(current)
-        return batches
-
-    def _run_score_batch(self, batch, ids, names, results) -> None:
-        placed = self._ensure_in_slots({names[i] for i in batch if names[i] is not None})
-        # Group sequences by slot (the kernels' contract); no-adapter sequences go last.
-        order = sorted(batch, key=lambda i: (names[i] is None, placed.get(names[i], 0)))
-        total = sum(len(ids[i]) for i in order)
-        t = token_bucket(total)
-        tokens = np.zeros(t, np.int32)
-        positions = np.zeros(t, np.int32)
-        seq_ids = np.full(t, -1, np.int32)
-        token_slot = np.full(t, NO_SLOT, np.int32)
-        spans, off = {}, 0
-        for seq, i in enumerate(order):
-            n = len(ids[i])
-            tokens[off : off + n] = ids[i]
-            positions[off : off + n] = np.arange(n)
-            seq_ids[off : off + n] = seq
-            token_slot[off : off + n] = placed[names[i]] if names[i] is not None else NO_SLOT
-            spans[i] = (off, off + n)
-            off += n
-        lora_batch = make_lora_batch(token_slot, self.slots.slot_rank)
-        out = _score_step(
-            self.params,
-            self.slots.layers,
-            jnp.asarray(tokens),
-            jnp.asarray(positions),
-            jnp.asarray(seq_ids),
-            lora_batch,
-            cfg=self.model_config,
-            lora_backend=self.config.lora_backend,
-        )
-        out = np.asarray(out)
-        for i, (start, end) in spans.items():
-            results[i] = out[start:end]
+    def _score_batch(self, batch, ids, names, busy, results) -> None:
+        if not batch:
+            return
+        for name in {names[i] for i in batch} - {None}:
+            taken = self.adapters.take_slot(name, busy | {names[i] for i in batch} - {None, name})
+            if taken is None:
+                raise ValueError(
+                    "no free adapter slot to score with: all are held by running requests"
+                )
+            slot, must_load = taken
+            if must_load:
+                self.runner.load_lora(slot, self.adapters.get(name))
+        seqs = [
+            (ids[i], NO_SLOT if names[i] is None else self.adapters.slot_of(names[i]))
+            for i in batch
+        ]
+        for i, out in zip(batch, self.runner.score(seqs), strict=True):
+            results[i] = out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jlora import Engine, EngineConfig
-from jlora.engine import token_bucket
+from jlora.runner.buckets import ShapeBuckets, geometric
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,9 @@ def engine() -> Engine:
             lora_paths={"r4": "dummy:4", "r8": "dummy:8", "r16": "dummy:16"},
             max_loras_per_batch=2,
             max_lora_rank=16,
-            max_score_tokens=64,
+            max_prefill_tokens=64,
+            context_length=4096,
+            warmup=False,
         )
     )
 
@@ -97,5 +99,25 @@ def test_missing_adapter_dir_is_refused(tmp_path):
         Engine(EngineConfig(model="tiny", lora_paths={"gone": str(tmp_path / "gone")}))
 
 
-def test_token_buckets():
-    assert [token_bucket(n) for n in (1, 16, 17, 64, 65, 2048)] == [16, 16, 32, 64, 128, 2048]
+def test_shape_buckets():
+    assert geometric(64, 2048, 4) == (64, 256, 1024, 2048)
+    b = ShapeBuckets(
+        prefill_tokens=(64, 256),
+        decode_batch=(8, 32),
+        kv_pages=(4, 16),
+        prefix_pages=16,
+        prefill_rows=8,
+    )
+    assert b.prefill_bucket(1) == 64 and b.prefill_bucket(65) == 256
+    assert b.decode_bucket(9, 4) == (32, 4)
+    assert len(b.all_shapes()) == 2 + 2 * 2
+    with pytest.raises(ValueError, match="prefill tokens=257 exceeds the largest bucket 256"):
+        b.prefill_bucket(257)
+    with pytest.raises(ValueError, match="decode_batch"):
+        ShapeBuckets(
+            prefill_tokens=(64,),
+            decode_batch=(8, 8),
+            kv_pages=(4,),
+            prefix_pages=4,
+            prefill_rows=8,
+        )

@@ -1,0 +1,1 @@
+"""Running the model: jitted steps over shape buckets, the paged KV cache, sampling."""

@@ -1,0 +1,87 @@
+"""Attention over the paged KV cache, the two step kinds the runner compiles.
+
+**Prefill** runs a flat run of ``T`` tokens from several sequences (``seq_ids``). Each token attends
+causally to the tokens of its own sequence in this step, and, for at most one sequence per step
+(the one whose long prompt is being prefilled in chunks), to that sequence's earlier chunks, read
+back from its pages (``prefix_pages``, a fixed ``P`` pages, masked beyond ``prefix_len``). Every
+other sequence starts at position 0 in its step, so no other gather is needed.
+
+**Decode** runs one token for each of ``B`` sequences; each attends to its own pages
+(``page_table [B, P]``) up to its length.
+
+Both write the step's new K/V into the cache first (``slot_mapping``; padding tokens write to the
+trash page). This is the XLA reference of paged attention: it gathers the pages it reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from jlora.runner.kv_cache import KVCache, write_kv
+from models.llama import dense_attention
+
+
+def _set_layer(kv: KVCache, layer: int, value) -> KVCache:
+    return kv[:layer] + (value,) + kv[layer + 1 :]
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class PrefillAttention:
+    slot_mapping: jax.Array  # [T] int32
+    seq_ids: jax.Array  # [T] int32, -1 for padding
+    positions: jax.Array  # [T] int32
+    prefix_pages: jax.Array  # [P] int32, pages of the continuing sequence's earlier chunks
+    prefix_len: jax.Array  # [] int32, tokens in those pages (0: no continuing sequence)
+    prefix_seq: jax.Array  # [] int32, seq_id of the continuing sequence (-2: none)
+
+    def __call__(self, layer, q, k, v, kv: KVCache):
+        kv = _set_layer(kv, layer, write_kv(kv[layer], self.slot_mapping, k, v))
+        kc, vc = kv[layer]
+        _, ps, h, d = kc.shape
+        num_prefix = self.prefix_pages.shape[0] * ps
+        pk = kc[self.prefix_pages].reshape(num_prefix, h, d)
+        pv = vc[self.prefix_pages].reshape(num_prefix, h, d)
+        keys = jnp.concatenate([pk, k.astype(pk.dtype)], axis=0)
+        values = jnp.concatenate([pv, v.astype(pv.dtype)], axis=0)
+        prefix_pos = jnp.arange(num_prefix, dtype=jnp.int32)
+        key_seq = jnp.concatenate([jnp.full((num_prefix,), self.prefix_seq), self.seq_ids])
+        key_pos = jnp.concatenate([prefix_pos, self.positions])
+        key_ok = jnp.concatenate([prefix_pos < self.prefix_len, self.seq_ids >= 0])
+        mask = (
+            (self.seq_ids[:, None] == key_seq[None, :])
+            & (key_pos[None, :] <= self.positions[:, None])
+            & key_ok[None, :]
+        )
+        # A padding token sees only itself, so its row stays finite.
+        t = q.shape[0]
+        mask = mask.at[jnp.arange(t), num_prefix + jnp.arange(t)].set(True)
+        return dense_attention(q, keys, values, mask), kv
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class DecodeAttention:
+    slot_mapping: jax.Array  # [B] int32
+    page_table: jax.Array  # [B, P] int32 (trash page beyond a sequence's pages)
+    seq_lens: jax.Array  # [B] int32, tokens in the cache after this step's write (0: padding row)
+
+    def __call__(self, layer, q, k, v, kv: KVCache):
+        kv = _set_layer(kv, layer, write_kv(kv[layer], self.slot_mapping, k, v))
+        kc, vc = kv[layer]
+        b, p = self.page_table.shape
+        _, ps, h, d = kc.shape
+        keys = kc[self.page_table].reshape(b, p * ps, h, d)  # [B, C, Hkv, D]
+        values = vc[self.page_table].reshape(b, p * ps, h, d)
+        hq = q.shape[1]
+        qg = q.reshape(b, h, hq // h, d)
+        scores = jnp.einsum("bkgd,bckd->bkgc", qg, keys, preferred_element_type=jnp.float32)
+        scores = scores * (d**-0.5)
+        valid = jnp.arange(p * ps)[None, :] < jnp.maximum(self.seq_lens, 1)[:, None]  # [B, C]
+        scores = jnp.where(valid[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+        out = jnp.einsum("bkgc,bckd->bkgd", probs, values, preferred_element_type=jnp.float32)
+        return out.reshape(b, hq, d).astype(q.dtype), kv

@@ -1,0 +1,67 @@
+"""The runner interface: what the scheduler asks of whoever runs the model.
+
+The engine loop asks the scheduler for a plan, then asks the runner to carry it out: load adapters
+into device slots, run one prefill or decode step, return the sampled tokens. The real runner
+(:class:`~jlora.runner.model_runner.ModelRunner`) runs jitted JAX steps; a fake runner in tests
+returns scripted tokens and advances a fake clock by hand-computable step times; the simulator's
+runner charges a calibrated cost model. The scheduler cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from jlora.adapters.peft import LoraAdapter
+from jlora.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class PrefillSeq:
+    """One sequence's share of a prefill step: ``tokens`` at positions ``start..start+len``."""
+
+    rid: int
+    tokens: np.ndarray  # [n] int32
+    start: int
+    pages: tuple[int, ...]  # all pages of the request, covering start + n tokens
+    lora_slot: int  # -1: no adapter
+    sample: bool  # the last chunk of its prefill: sample the next token
+    params: SamplingParams
+    seed: int
+    out_index: int  # index of the token it samples (for the per-request random stream)
+
+
+@dataclass(frozen=True)
+class DecodeSeq:
+    rid: int
+    token: int
+    position: int
+    pages: tuple[int, ...]  # covering position + 1 tokens
+    lora_slot: int
+    params: SamplingParams
+    seed: int
+    out_index: int
+
+
+class Runner(Protocol):
+    def prefill(self, seqs: list[PrefillSeq]) -> list[int | None]:
+        """Run one prefill step; the sampled next token of each sequence with ``sample`` set."""
+        ...
+
+    def decode(self, seqs: list[DecodeSeq]) -> list[int]:
+        """Run one decode step; the sampled next token of every sequence."""
+        ...
+
+    def load_lora(self, slot: int, adapter: LoraAdapter | None) -> None:
+        """Put ``adapter`` (None: empty) into device slot ``slot``, between steps."""
+        ...
+
+    def score(self, seqs: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+        """All-position logits ``[n, vocab]`` of whole prompts ``(tokens, lora_slot)``."""
+        ...
+
+    def warmup(self) -> None:
+        """Compile every step shape, so that serving never compiles."""
+        ...

@@ -1,0 +1,80 @@
+"""The paged KV cache: a pool of fixed-size pages on the device, handed out by a host allocator.
+
+Device side, per layer, ``k`` and ``v`` of shape ``[num_pages, page_size, Hkv, D]``. Page 0 is never
+handed out: padding tokens of a step write their K/V there, so every step writes a fixed-size batch
+with no branch. Host side, :class:`PagePool` keeps the free list and says how many pages a request
+of ``n`` tokens needs; the scheduler asks it before admitting or growing a request.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from models.config import ModelConfig
+
+TRASH_PAGE = 0  # written by padding tokens, never allocated
+
+# Per layer (k, v), each [num_pages, page_size, Hkv, D].
+KVCache = tuple[tuple[jax.Array, jax.Array], ...]
+
+
+class OutOfPages(Exception):
+    """Raised inside the scheduler when a request cannot grow; it preempts and retries."""
+
+
+class PagePool:
+    """Free list of KV pages (host state only)."""
+
+    def __init__(self, num_pages: int, page_size: int):
+        if num_pages < 2:
+            raise ValueError(f"num_pages={num_pages} must be at least 2 (page 0 is reserved)")
+        self.num_pages, self.page_size = num_pages, page_size
+        # LIFO free list: recently freed pages are reused first (warm in cache).
+        self._free = list(range(num_pages - 1, TRASH_PAGE, -1))
+
+    @property
+    def capacity(self) -> int:
+        """Pages a request may ever use (all but the trash page)."""
+        return self.num_pages - 1
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def pages_for(self, num_tokens: int) -> int:
+        return math.ceil(num_tokens / self.page_size)
+
+    def alloc(self, n: int) -> list[int]:
+        if n > len(self._free):
+            raise OutOfPages(f"{n} pages asked, {len(self._free)} free")
+        taken, self._free = self._free[len(self._free) - n :], self._free[: len(self._free) - n]
+        return taken[::-1]
+
+    def free(self, pages: list[int]) -> None:
+        self._free.extend(reversed(pages))
+
+
+def kv_bytes_per_page(cfg: ModelConfig, page_size: int, dtype) -> int:
+    return 2 * cfg.num_layers * page_size * cfg.kv_size * jnp.dtype(dtype).itemsize
+
+
+def allocate_kv_cache(cfg: ModelConfig, num_pages: int, page_size: int, dtype) -> KVCache:
+    shape = (num_pages, page_size, cfg.num_kv_heads, cfg.head_dim)
+    return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers))
+
+
+def write_kv(
+    cache: tuple[jax.Array, jax.Array],  # [N, ps, Hkv, D] each
+    slot_mapping: jax.Array,  # [T] int32 flat index page * page_size + offset
+    k: jax.Array,  # [T, Hkv, D]
+    v: jax.Array,  # [T, Hkv, D]
+) -> tuple[jax.Array, jax.Array]:
+    """Scatter one step's new K/V into their pages (in place when the cache is donated)."""
+    kc, vc = cache
+    n, ps, h, d = kc.shape
+    kc = kc.reshape(n * ps, h, d).at[slot_mapping].set(k.astype(kc.dtype)).reshape(n, ps, h, d)
+    vc = vc.reshape(n * ps, h, d).at[slot_mapping].set(v.astype(vc.dtype)).reshape(n, ps, h, d)
+    return kc, vc

@@ -1,0 +1,1 @@
+"""Scheduling: the waiting queue, admission, decode of the running set, preemption."""

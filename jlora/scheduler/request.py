@@ -1,0 +1,122 @@
+"""A request's life: waiting -> running (prefill, then decode) -> finished; it may be preempted
+back to waiting (its pages freed, recomputed later) or paused (pages kept) on the way."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jlora.sampling import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    FINISHED = "finished"
+
+
+@dataclass
+class Request:
+    """Host-side state of one request. Mutated only by the scheduler and the engine loop."""
+
+    rid: int
+    prompt: np.ndarray  # [P] int32
+    params: SamplingParams
+    lora_name: str | None
+    arrival: float
+    status: Status = Status.WAITING
+    output: list[int] = field(default_factory=list)
+    token_times: list[float] = field(default_factory=list)
+    pages: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    """Tokens whose K/V are in the cache (the prompt and outputs already fed through the model)."""
+    finish_reason: str | None = None
+    """``stop`` (EOS or a stop token), ``length`` (max_new_tokens or the context), ``abort``."""
+    error: str | None = None
+    finish_time: float | None = None
+    wait_since: float = 0.0
+    """When it last began to wait (arrival, preemption or pause): starvation is measured from it."""
+    num_preemptions: int = 0
+
+    def __post_init__(self) -> None:
+        self.wait_since = self.arrival
+
+    @property
+    def all_tokens(self) -> np.ndarray:
+        """Prompt followed by the outputs so far: what must be in the cache to decode the next."""
+        if not self.output:
+            return self.prompt
+        return np.concatenate([self.prompt, np.asarray(self.output, np.int32)])
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    @property
+    def in_prefill(self) -> bool:
+        """Still has tokens to feed before it can decode (a new, chunked or recomputed request).
+
+        A prefill feeds ``all_tokens[num_computed:]`` and samples the next token; a decoding request
+        has every token but its last output in the cache (``num_computed == num_tokens - 1``).
+        """
+        return not self.output or self.num_computed < self.num_tokens - 1
+
+    @property
+    def remaining_budget(self) -> int:
+        """Tokens it may still generate (SGLang's drainer reads the largest per adapter)."""
+        return self.params.max_new_tokens - len(self.output)
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """What a finished request returns to the caller."""
+
+    rid: int
+    lora_name: str | None
+    prompt_len: int
+    token_ids: list[int]
+    finish_reason: str | None
+    error: str | None
+    arrival_time: float
+    first_token_time: float | None
+    token_times: list[float]
+    finish_time: float | None
+    num_preemptions: int = 0
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
+    @property
+    def e2e(self) -> float | None:
+        return None if self.finish_time is None else self.finish_time - self.arrival_time
+
+    @classmethod
+    def of(cls, req: Request) -> RequestOutput:
+        return cls(
+            rid=req.rid,
+            lora_name=req.lora_name,
+            prompt_len=len(req.prompt),
+            token_ids=list(req.output),
+            finish_reason=req.finish_reason,
+            error=req.error,
+            arrival_time=req.arrival,
+            first_token_time=req.token_times[0] if req.token_times else None,
+            token_times=list(req.token_times),
+            finish_time=req.finish_time,
+            num_preemptions=req.num_preemptions,
+        )
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One token of a streamed request (``finished`` is set on the last one, with the output)."""
+
+    rid: int
+    token_id: int | None
+    index: int
+    time: float
+    finished: RequestOutput | None = None

@@ -1,0 +1,215 @@
+"""Serving: continuous batching, chunked prefill, preemption and adapter swaps give the same greedy
+tokens as each request alone; nothing compiles after warm-up; refusals are clear."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jlora import Engine, EngineConfig, SamplingParams
+from jlora.runner.model_runner import ModelRunner
+
+ADAPTERS = {"a": "dummy:4", "b": "dummy:8", "c": "dummy:8", "d": "dummy:2"}
+
+
+def _config(**overrides) -> EngineConfig:
+    kwargs = dict(
+        model="tiny",
+        dtype="float32",
+        lora_paths=ADAPTERS,
+        max_loras_per_batch=2,
+        max_lora_rank=8,
+        context_length=128,
+        page_size=4,
+        max_running_requests=8,
+        max_prefill_tokens=64,
+        chunked_prefill_size=24,
+        prefill_token_buckets=(16, 64),
+        decode_batch_buckets=(4, 8),
+        kv_len_buckets=(32, 128),
+    )
+    kwargs.update(overrides)
+    return EngineConfig(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def oracle() -> Engine:
+    return Engine(_config(warmup=False))
+
+
+def greedy_alone(engine: Engine, prompt, name, n) -> list[int]:
+    """The foundation's reference: re-score the whole prefix each step, take the argmax."""
+    tokens = list(prompt)
+    for _ in range(n):
+        tokens.append(int(engine.score([tokens], lora_name=name)[0][-1].argmax()))
+    return tokens[len(prompt) :]
+
+
+def test_continuous_batching_equals_each_request_alone(oracle):
+    # 24 pages of 4 tokens: seven requests of up to 46 tokens cannot all stay resident,
+    # so decode must preempt; prompts longer than 24 tokens are chunked; 4 adapters share 2 slots.
+    engine = Engine(_config(max_total_tokens=4 * 24))
+    rng = np.random.default_rng(1)
+    specs = [
+        (rng.integers(3, 256, n).tolist(), name, m)
+        for n, name, m in [
+            (30, "a", 10),
+            (5, None, 12),
+            (11, "b", 9),
+            (40, "c", 6),
+            (7, "d", 14),
+            (19, "a", 8),
+            (3, "b", 11),
+        ]
+    ]
+    rids = {}
+    params = {m: SamplingParams(max_new_tokens=m, ignore_eos=True) for _, _, m in specs}
+    for i, (prompt, name, m) in enumerate(specs):
+        rids[i] = engine.add_request(prompt, params[m], lora_name=name)
+        for _ in range(i % 3):  # arrivals land between steps of the running batch
+            engine.step()
+    while engine.has_unfinished():
+        engine.step()
+    outputs = {i: engine.requests[r] for i, r in rids.items()}
+    assert sum(r.num_preemptions for r in outputs.values()) > 0, "no preemption was forced"
+    assert engine.adapters.slot_loads > 2, "adapters never swapped"
+    for i, (prompt, name, m) in enumerate(specs):
+        req = outputs[i]
+        assert req.finish_reason == "length" and len(req.output) == m
+        assert req.output == greedy_alone(oracle, prompt, name, m), (i, name)
+    assert engine.pages.num_free == engine.pages.capacity  # every page came back
+
+
+def test_nothing_compiles_after_warmup():
+    engine = Engine(_config())
+    before = ModelRunner.compiled_count()
+    rng = np.random.default_rng(2)
+    names = [None, "a", "b", "c", "d"]
+    for i in range(12):
+        n = int(rng.integers(1, 60))
+        engine.add_request(
+            rng.integers(0, 256, n).tolist(),
+            SamplingParams(max_new_tokens=int(rng.integers(1, 20)), temperature=float(i % 2)),
+            lora_name=names[i % 5],
+        )
+        engine.step()
+    while engine.has_unfinished():
+        engine.step()
+    assert ModelRunner.compiled_count() == before
+
+
+def test_stream_and_generate_agree(oracle):
+    engine = Engine(_config(warmup=False))
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    events = list(engine.stream([5, 6, 7], params, lora_name="c"))
+    assert [e.index for e in events] == list(range(6))
+    assert events[-1].finished is not None and events[-1].finished.finish_reason == "length"
+    assert all(e.finished is None for e in events[:-1])
+    streamed = [e.token_id for e in events]
+    assert streamed == engine.generate([[5, 6, 7]], params, lora_name="c")[0].token_ids
+    assert streamed == greedy_alone(oracle, [5, 6, 7], "c", 6)
+
+
+def test_outputs_carry_timestamps():
+    engine = Engine(_config(warmup=False))
+    out = engine.generate([[1, 2, 3]], SamplingParams(max_new_tokens=4, ignore_eos=True))[0]
+    assert out.arrival_time <= out.first_token_time <= out.finish_time
+    assert len(out.token_times) == 4 and out.token_times == sorted(out.token_times)
+    assert out.first_token_time == out.token_times[0] and out.finish_time == out.token_times[-1]
+
+
+def test_stop_tokens_and_eos():
+    engine = Engine(_config(warmup=False))
+    free = engine.generate([[9, 8, 7]], SamplingParams(max_new_tokens=8, ignore_eos=True))[0]
+    stop = free.token_ids[2]
+    out = engine.generate([[9, 8, 7]], SamplingParams(max_new_tokens=8, stop_token_ids=(stop,)))
+    assert out[0].token_ids == free.token_ids[: free.token_ids.index(stop) + 1]
+    assert out[0].finish_reason == "stop"
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy():
+    engine = Engine(_config(warmup=False))
+    hot = SamplingParams(max_new_tokens=8, temperature=1.5, seed=7, ignore_eos=True)
+    first = engine.generate([[4, 4, 4]], hot)[0].token_ids
+    # Same seed, alone or in a batch with others: same tokens.
+    batch = engine.generate([[1, 2], [4, 4, 4]], [SamplingParams(max_new_tokens=3), hot])
+    assert batch[1].token_ids == first
+    other = engine.generate(
+        [[4, 4, 4]], SamplingParams(max_new_tokens=8, temperature=1.5, seed=8, ignore_eos=True)
+    )
+    assert other[0].token_ids != first
+    greedy = engine.generate([[4, 4, 4]], SamplingParams(max_new_tokens=8, ignore_eos=True))
+    top1 = engine.generate(
+        [[4, 4, 4]],
+        SamplingParams(max_new_tokens=8, temperature=2.0, top_k=1, seed=3, ignore_eos=True),
+    )
+    assert top1[0].token_ids == greedy[0].token_ids
+
+
+def test_refusals():
+    engine = Engine(_config(warmup=False, max_total_tokens=64))
+    with pytest.raises(ValueError, match="beyond the context length 128"):
+        engine.add_request([1] * 100, SamplingParams(max_new_tokens=29))
+    with pytest.raises(ValueError, match="max_new_tokens=0 must be at least 1"):
+        SamplingParams(max_new_tokens=0)
+    with pytest.raises(ValueError, match="unknown adapter name 'zz'"):
+        engine.add_request([1, 2], lora_name="zz")
+    with pytest.raises(ValueError, match="needs 20 KV pages but the cache holds 16"):
+        engine.add_request([1] * 70, SamplingParams(max_new_tokens=10))
+    with pytest.raises(ValueError, match="token id 300 outside"):
+        engine.add_request([300])
+    with pytest.raises(ValueError, match="empty"):
+        engine.add_request([])
+    assert not engine.has_unfinished()  # nothing refused was queued
+
+
+def test_load_unload_at_run_time(tmp_path):
+    engine = Engine(_config(warmup=False))
+    rid = engine.add_request([1, 2, 3], SamplingParams(max_new_tokens=5), lora_name="a")
+    engine.step()
+    with pytest.raises(ValueError, match="adapter 'a' is in use by 1 unfinished requests"):
+        engine.unload_lora_adapter("a")
+    while engine.has_unfinished():
+        engine.step()
+    assert engine.requests[rid].finish_reason is not None
+    engine.unload_lora_adapter("a")
+    with pytest.raises(ValueError, match="unknown adapter name 'a'"):
+        engine.add_request([1], lora_name="a")
+    with pytest.raises(ValueError, match="unknown adapter name 'a'"):
+        engine.unload_lora_adapter("a")
+    engine.load_lora_adapter("e", "dummy:8", pinned=True)
+    assert engine.adapters.slot_of("e") is not None
+    with pytest.raises(ValueError, match="cannot pin adapter 'f'"):
+        engine.load_lora_adapter("f", "dummy:4", pinned=True)
+    with pytest.raises(ValueError, match="already loaded"):
+        engine.load_lora_adapter("e", "dummy:4")
+    with pytest.raises(ValueError, match="is not a directory"):
+        engine.load_lora_adapter("g", str(tmp_path / "missing"))
+    # The pinned adapter keeps its slot while the others take turns in the remaining one.
+    pinned_slot = engine.adapters.slot_of("e")
+    engine.generate([[1], [2], [3]], SamplingParams(max_new_tokens=2), lora_name=["b", "c", "e"])
+    assert engine.adapters.slot_of("e") == pinned_slot
+
+
+def test_host_cache_reloads_evicted_adapters(tmp_path):
+    from jlora.tools.make_adapters import make_adapters
+
+    dirs = make_adapters("tiny", [4, 4, 4], tmp_path)
+    paths = {d.name: str(d) for d in dirs}
+    engine = Engine(
+        _config(warmup=False, lora_paths=paths, max_loras_per_batch=1, max_loaded_loras=1)
+    )
+    names = list(paths)
+    outs = engine.generate([[1, 2]] * 3, SamplingParams(max_new_tokens=2), lora_name=names)
+    assert all(o.finish_reason == "length" for o in outs)
+    assert engine.adapters.host_loads > 3  # read from disk again after eviction
+    assert len(engine.adapters.host) <= 1 + 1  # the cache plus the one in the slot
+
+
+def test_score_equals_the_reference_path(oracle):
+    engine = Engine(_config(warmup=False))
+    prompts = [[1, 2, 3, 4, 5], [7, 7], [9]]
+    names = ["a", None, "d"]
+    got = engine.score(prompts, lora_name=names)
+    for p, n, g in zip(prompts, names, got, strict=True):
+        np.testing.assert_allclose(g, oracle.score([p], lora_name=n)[0], rtol=1e-5, atol=1e-5)
