@@ -11,10 +11,19 @@ class Clock(Protocol):
         """Seconds, monotonic."""
         ...
 
+    def sleep_until(self, t: float) -> None:
+        """Wait (or, for a fake clock, jump) until ``now() >= t``."""
+        ...
+
 
 class RealClock:
     def now(self) -> float:
         return time.perf_counter()
+
+    def sleep_until(self, t: float) -> None:
+        delay = t - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
 
 
 class FakeClock:
@@ -25,6 +34,9 @@ class FakeClock:
 
     def now(self) -> float:
         return self.t
+
+    def sleep_until(self, t: float) -> None:
+        self.t = max(self.t, t)
 
     def advance(self, seconds: float) -> None:
         if seconds < 0:

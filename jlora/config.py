@@ -47,8 +47,8 @@ class EngineConfig:
     base_model_uses_slot: bool = False
     """Requests without an adapter count as one adapter against ``max_loras_per_batch``, as in
     SGLang (where the base model takes a slot)."""
-    seed: int = 0
-    """Seed of dummy weights and dummy adapters."""
+    random_seed: int = 0
+    """Seed of dummy weights, dummy adapters and of requests that set no sampling seed."""
 
     # KV cache and batching
     context_length: int | None = None

@@ -113,7 +113,7 @@ class Engine:
             if config.uses_files:
                 params = load_hf_weights(config.model, self.model_config, config.dtype)
             else:
-                params = init_dummy_weights(self.model_config, config.dtype, config.seed)
+                params = init_dummy_weights(self.model_config, config.dtype, config.random_seed)
             slots = SlotBuffers(
                 self.model_config, config.max_loras_per_batch, config.max_lora_rank, config.dtype
             )
@@ -144,7 +144,7 @@ class Engine:
             )
         # Seeded by name, so a dummy adapter read again after eviction is the same adapter.
         return random_adapter(
-            name, self.model_config, rank, seed=self.config.seed + zlib.crc32(name.encode())
+            name, self.model_config, rank, seed=self.config.random_seed + zlib.crc32(name.encode())
         )
 
     # ------------------------------------------------------------------ adapters at run time
@@ -245,9 +245,9 @@ class Engine:
         return slot
 
     def _seed(self, req: Request) -> int:
-        return (req.params.seed if req.params.seed is not None else self.config.seed + req.rid) % (
-            1 << 32
-        )
+        return (
+            req.params.seed if req.params.seed is not None else self.config.random_seed + req.rid
+        ) % (1 << 32)
 
     def _prefill_seq(self, item) -> PrefillSeq:
         req = item.req

@@ -256,7 +256,11 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ compilation
     def warmup(self) -> None:
-        """Compile every prefill and decode bucket with an all-padding step (writes only trash)."""
+        """Compile every prefill and decode bucket with an all-padding step (writes only trash),
+        and the one-slot adapter update (by clearing a slot that is still empty)."""
+        empty = [s for s, name in enumerate(self.slots.occupant) if name is None]
+        if empty:  # a slot already written means the update is compiled
+            self.slots.put(empty[0], None)
         for shape in self.buckets.all_shapes():
             if shape[0] == "prefill":
                 t, r = shape[1], self.buckets.prefill_rows

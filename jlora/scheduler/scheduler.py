@@ -76,6 +76,20 @@ class StepPlan:
     preempted: list[Request] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SchedulerState:
+    """What the scheduler holds at one moment, for traces (adapters by name; None = base model)."""
+
+    time: float
+    slots: tuple[str | None, ...]  # adapter in each device slot
+    waiting: dict[str | None, int]  # waiting requests per adapter
+    longest_wait: dict[str | None, float]  # seconds the longest-waiting one has waited
+    running: dict[str | None, int]  # admitted (prefilling or decoding) requests per adapter
+    paused: dict[str | None, int]  # paused requests per adapter
+    draining: dict[str | None, str | None]  # victim adapter -> the starved adapter it drains for
+    free_pages: int
+
+
 class Policy(Protocol):
     """What a scheduling policy may change (see :mod:`jlora.scheduler.policies`)."""
 
@@ -91,6 +105,10 @@ class Policy(Protocol):
         """Whether ``req`` may be admitted in this round (its adapter has or can get a slot)."""
         ...
 
+    def draining(self) -> dict[str | None, str | None]:
+        """Current drain marks: victim adapter -> the starved adapter it drains for."""
+        ...
+
 
 class FCFS:
     """First come, first served; admission skips requests whose adapter cannot get a slot."""
@@ -103,6 +121,9 @@ class FCFS:
 
     def may_admit(self, sched: Scheduler, req: Request, now: float) -> bool:
         return True
+
+    def draining(self) -> dict[str | None, str | None]:
+        return {}
 
 
 class Scheduler:
@@ -243,6 +264,31 @@ class Scheduler:
         self.running.remove(req)
         self._admitted_order.pop(req.rid, None)
         self.add(req)
+
+    def snapshot(self, now: float) -> SchedulerState:
+        """The state traces log after each step (O(requests), host only)."""
+        waiting: dict[str | None, int] = {}
+        longest: dict[str | None, float] = {}
+        paused: dict[str | None, int] = {}
+        for r in self.waiting:
+            waiting[r.lora_name] = waiting.get(r.lora_name, 0) + 1
+            longest[r.lora_name] = max(longest.get(r.lora_name, 0.0), now - r.wait_since)
+        running: dict[str | None, int] = {}
+        for r in self.running:
+            if r.status == Status.PAUSED:
+                paused[r.lora_name] = paused.get(r.lora_name, 0) + 1
+            else:
+                running[r.lora_name] = running.get(r.lora_name, 0) + 1
+        return SchedulerState(
+            time=now,
+            slots=tuple(self.adapters.occupant),
+            waiting=waiting,
+            longest_wait=longest,
+            running=running,
+            paused=paused,
+            draining=dict(self.policy.draining()),
+            free_pages=self.pages.num_free,
+        )
 
     # ------------------------------------------------------------------ after a step
     def finish(self, req: Request) -> None:

@@ -1,0 +1,276 @@
+"""Engine benchmark: decode step time and prefill throughput of the real engine, against the
+weight-read floor and against Hugging Face transformers + PEFT ``generate`` on the same machine.
+
+    PYTHONPATH=. python experiments/bench_engine.py --model llama-3.1-8b \
+        --out experiments/results/engine.md
+
+Decode: ``B`` requests of ``--prompt-len`` tokens are prefilled, then ``--steps`` decode steps of
+the engine's own loop (``Engine.step``: scheduling, host inputs, the jitted step, reading the tokens
+back) are timed, median reported; once with no adapter, once with the requests spread over three
+rank-16 adapters on all seven modules. Prefill: 512-token prompts, as many per step as the prefill
+budget holds. The HF baseline runs in a subprocess (so that torch and JAX never share the GPU):
+``LlamaForCausalLM`` with random weights in bfloat16 and three PEFT adapters, ``generate`` on a
+mixed batch (``adapter_names=``), time per generated token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HF_ADAPTERS = ("a0", "a1", "a2")
+
+
+def _engine_part(args) -> dict:
+    import jax
+
+    from jlora import Engine, EngineConfig, SamplingParams
+    from models.presets import get_preset
+
+    cfg = get_preset(args.model)
+    batches = [int(b) for b in args.batches.split(",")]
+    result: dict = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__}
+    weight_bytes = 2 * cfg.num_params()
+    result["weight_gb"] = weight_bytes / 1e9
+    result["floor_ms"] = weight_bytes / args.copy_bw / 1e-3
+    for backend in args.backends.split(","):
+        t0 = time.perf_counter()
+        engine = Engine(
+            EngineConfig(
+                model=args.model,
+                load_format="dummy",
+                dtype="bfloat16",
+                lora_paths={n: "dummy:16" for n in HF_ADAPTERS},
+                max_loras_per_batch=3,
+                max_lora_rank=16,
+                lora_backend=backend,
+                context_length=args.context,
+                max_running_requests=max(batches),
+                max_prefill_tokens=args.prefill_tokens,
+                decode_batch_buckets=tuple(batches),
+                prefill_token_buckets=(args.prefill_tokens,),
+                kv_len_buckets=(args.context,),
+            )
+        )
+        startup = time.perf_counter() - t0
+        print(
+            f"[{backend}] start-up incl. compiling {len(engine.buckets.all_shapes())} shapes: "
+            f"{startup:.1f} s",
+            flush=True,
+        )
+        rows = {}
+        for b in batches:
+            for lora in (False, True):
+                names = [HF_ADAPTERS[i % 3] if lora else None for i in range(b)]
+                rows[(b, lora)] = _time_decode(engine, b, names, args, SamplingParams)
+                print(
+                    f"[{backend}] decode B={b:4d} lora={lora!s:5}: {rows[(b, lora)]:.2f} ms",
+                    flush=True,
+                )
+        prefill = _time_prefill(engine, args, SamplingParams)
+        print(f"[{backend}] prefill 512-token prompts: {prefill:.0f} tok/s", flush=True)
+        result[backend] = {
+            "startup_s": startup,
+            "num_shapes": len(engine.buckets.all_shapes()),
+            "decode_ms": {f"{b}/{int(lora)}": v for (b, lora), v in rows.items()},
+            "prefill_tok_s": prefill,
+        }
+        del engine
+    return result
+
+
+def _time_decode(engine, batch, names, args, SamplingParams) -> float:
+    import numpy as np
+
+    rng = np.random.default_rng(batch)
+    params = SamplingParams(max_new_tokens=args.steps + 8, ignore_eos=True)
+    rids = [
+        engine.add_request(
+            rng.integers(3, engine.model_config.vocab_size, args.prompt_len).tolist(), params, name
+        )
+        for name in names
+    ]
+    while engine.scheduler.waiting or any(engine.requests[r].in_prefill for r in rids):
+        engine.step()
+    for _ in range(3):  # warm the decode path
+        engine.step()
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - t)
+        assert engine.last_plan.kind == "decode" and len(engine.last_plan.decode) == batch
+    for r in rids:
+        engine.abort(r)
+    return 1e3 * statistics.median(times)
+
+
+def _time_prefill(engine, args, SamplingParams) -> float:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    per_step = args.prefill_tokens // 512
+    params = SamplingParams(max_new_tokens=1, ignore_eos=True)
+    total_tokens, elapsed = 0, 0.0
+    for rep in range(4):
+        rids = [
+            engine.add_request(
+                rng.integers(3, engine.model_config.vocab_size, 512).tolist(),
+                params,
+                HF_ADAPTERS[i % 3],
+            )
+            for i in range(per_step)
+        ]
+        t = time.perf_counter()
+        engine.step()
+        dt = time.perf_counter() - t
+        assert engine.last_plan.kind == "prefill" and len(engine.last_plan.prefill) == per_step
+        if rep > 0:  # the first step loads the adapters into their slots
+            total_tokens, elapsed = total_tokens + 512 * per_step, elapsed + dt
+        while engine.has_unfinished():
+            engine.step()
+        del rids
+    return total_tokens / elapsed
+
+
+def _hf_part(args) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from models.presets import get_preset
+
+    cfg = get_preset(args.model)
+    hf_cfg = LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=args.context,
+        rms_norm_eps=cfg.rms_norm_eps,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(hf_cfg).to(torch.bfloat16)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=targets, init_lora_weights=False)
+    model = get_peft_model(model, lora, adapter_name=HF_ADAPTERS[0])
+    for name in HF_ADAPTERS[1:]:
+        model.add_adapter(name, lora)
+    model = model.to(torch.bfloat16).eval()
+    out = {"torch": torch.__version__, "device": torch.cuda.get_device_name()}
+    for b in [int(x) for x in args.hf_batches.split(",")]:
+        ids = torch.randint(10, 1000, (b, args.prompt_len), device="cuda")
+        names = [HF_ADAPTERS[i % 3] for i in range(b)]
+        timings = {}
+        for new in (2, 2 + args.hf_steps):  # difference of two lengths removes the prefill
+            model.generate(
+                input_ids=ids,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                adapter_names=names,
+            )  # warm-up of this shape
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            model.generate(
+                input_ids=ids,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                adapter_names=names,
+            )
+            torch.cuda.synchronize()
+            timings[new] = time.perf_counter() - t
+        ms = 1e3 * (timings[2 + args.hf_steps] - timings[2]) / args.hf_steps
+        out[f"decode_ms/{b}"] = ms
+        print(f"[hf+peft] decode B={b:4d} mixed adapters: {ms:.2f} ms/token", flush=True)
+    return out
+
+
+def _write(args, ours: dict, hf: dict | None) -> str:
+    lines = [
+        "# Engine benchmark",
+        "",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- device: {ours['device']}; jax {ours['jax']}"
+        + (f"; torch {hf['torch']}" if hf else "")
+        + f"; python {platform.python_version()}",
+        f"- model: `{args.model}` preset, dummy weights, bfloat16 ({ours['weight_gb']:.1f} GB); "
+        f"3 adapters of rank 16 on all seven modules, 3 slots; prompts of {args.prompt_len} tokens",
+        f"- weight-read floor of a decode step: {ours['weight_gb']:.1f} GB / "
+        f"{args.copy_bw / 1e12:.1f} TB/s = {ours['floor_ms']:.2f} ms",
+        f"- command: `PYTHONPATH=. python experiments/bench_engine.py {' '.join(sys.argv[1:])}`",
+        "",
+    ]
+    for backend in args.backends.split(","):
+        r = ours[backend]
+        lines += [
+            f"## lora_backend={backend}",
+            "",
+            f"Start-up (weights, compiling {r['num_shapes']} step shapes): {r['startup_s']:.1f} s. "
+            f"Prefill of 512-token prompts: {r['prefill_tok_s']:.0f} tokens/s.",
+            "",
+            "| batch | base step (ms) | / floor | LoRA step (ms) | LoRA overhead "
+            "| HF+PEFT (ms/token) |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for b in [int(x) for x in args.batches.split(",")]:
+            base, lora = r["decode_ms"][f"{b}/0"], r["decode_ms"][f"{b}/1"]
+            hf_ms = hf.get(f"decode_ms/{b}") if hf else None
+            lines.append(
+                f"| {b} | {base:.2f} | {base / ours['floor_ms']:.2f}x | {lora:.2f} | "
+                f"{100 * (lora / base - 1):+.0f}% | {'-' if hf_ms is None else f'{hf_ms:.1f}'} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="llama-3.1-8b")
+    parser.add_argument("--backends", default="xla", help="comma-separated lora backends")
+    parser.add_argument("--batches", default="1,16,64,128")
+    parser.add_argument("--hf-batches", default="1,16,64")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--prefill-tokens", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--hf-steps", type=int, default=16)
+    parser.add_argument("--copy-bw", type=float, default=2.9e12, help="device copy ceiling, B/s")
+    parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    parser.add_argument("--hf-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help="markdown results file")
+    args = parser.parse_args()
+    if args.hf_only:
+        print("HF_RESULT " + json.dumps(_hf_part(args)))
+        return
+    hf = None
+    if not args.no_hf:
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--hf-only"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+        sys.stdout.write(proc.stdout[-4000:])
+        sys.stderr.write(proc.stderr[-4000:])
+        for line in proc.stdout.splitlines():
+            if line.startswith("HF_RESULT "):
+                hf = json.loads(line[len("HF_RESULT ") :])
+    ours = _engine_part(args)
+    text = _write(args, ours, hf)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

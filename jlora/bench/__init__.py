@@ -1,0 +1,1 @@
+"""The serving benchmark: workloads, the driver loop, metrics, reports, traces and plots."""

@@ -1,0 +1,3 @@
+from jlora.bench.cli import main
+
+main()

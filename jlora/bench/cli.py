@@ -1,0 +1,177 @@
+"""``jlora bench`` (also ``python -m jlora.bench``): SGLang's ``bench_serving`` against an
+in-process engine. Flags come from :class:`~jlora.config.EngineConfig` and
+:class:`~jlora.bench.config.BenchConfig`.
+
+    jlora bench --model llama-3.1-8b --load-format dummy \\
+        --lora-paths a0=dummy:8 a1=dummy:16 a2=dummy:64 --max-loras-per-batch 2 \\
+        --num-prompts 200 --request-rate 4 --random-input-len 512 --random-output-len 512 \\
+        --compare off sglang:lora_drain_wait_threshold=3,lora_drain_policy=sglang
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+from jlora.bench.config import BenchConfig, parse_step_range
+from jlora.bench.driver import RunResult, run_workload
+from jlora.bench.metrics import compute_metrics, per_adapter_ttft
+from jlora.bench.plots import plot_slot_timeline, plot_ttft_cdf, plot_ttft_per_adapter
+from jlora.bench.report import format_block, format_compare, format_per_adapter
+from jlora.bench.trace import ProfileSteps, SlotTimeline, TensorBoardTrace
+from jlora.bench.workload import WorkloadRequest, make_random_workload
+from jlora.config import EngineConfig
+from jlora.flags import add_dataclass_flags, dataclass_from_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jlora bench",
+        description="Serving benchmark of the in-process engine (SGLang bench_serving's flags).",
+    )
+    add_dataclass_flags(
+        parser, EngineConfig, aliases={"model": ("--model-path",)}, group_title="engine"
+    )
+    add_dataclass_flags(parser, BenchConfig, group_title="benchmark")
+    return parser
+
+
+def parse_setting(text: str) -> tuple[str, dict[str, object]]:
+    """``NAME`` or ``NAME:field=value,...`` -> (name, EngineConfig overrides, typed)."""
+    name, _, rest = text.partition(":")
+    if not name:
+        raise ValueError(f"--compare setting {text!r} has no name")
+    hints = typing.get_type_hints(EngineConfig)
+    fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    overrides: dict[str, object] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(
+                f"--compare setting {text!r}: {item!r} is not field=value of the engine"
+            )
+        tp = hints[key]
+        args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+        base = args[0]
+        if base is bool:
+            overrides[key] = value.lower() in ("1", "true", "yes", "on")
+        elif base in (int, float, str):
+            overrides[key] = base(value)
+        else:
+            raise ValueError(f"--compare cannot set {key!r} (type {tp})")
+    return name, overrides
+
+
+def make_engine(config: EngineConfig, bench: BenchConfig):
+    from jlora.engine import Engine
+
+    if bench.backend == "sim":
+        from jlora.sim import make_sim_engine
+
+        return make_sim_engine(config, bench.sim_cost_model)
+    return Engine(config)
+
+
+def run_bench(config: EngineConfig, bench: BenchConfig, *, quiet: bool = False) -> dict:
+    """Run the workload under each setting; print and write the reports; return the metrics."""
+    settings = [parse_setting(s) for s in bench.compare] or [("run", {})]
+    model = config.model_config()
+    names = list(bench.lora_name) or list(config.lora_paths) or [None]
+    for n in names:
+        if n is not None and n not in config.lora_paths:
+            raise ValueError(
+                f"--lora-name {n!r} is not among --lora-paths ({', '.join(config.lora_paths)})"
+            )
+    workload: list[WorkloadRequest] = make_random_workload(
+        num_prompts=bench.num_prompts,
+        request_rate=bench.request_rate,
+        input_len=bench.random_input_len,
+        output_len=bench.random_output_len,
+        range_ratio=bench.random_range_ratio,
+        vocab_size=model.vocab_size,
+        lora_names=names,
+        distribution=bench.lora_request_distribution,
+        zipf_alpha=bench.lora_zipf_alpha,
+        seed=bench.seed,
+    )
+    results: dict[str, RunResult] = {}
+    metrics: dict[str, dict] = {}
+    timelines: dict[str, SlotTimeline] = {}
+    for name, overrides in settings:
+        cfg = dataclasses.replace(config, **overrides)
+        engine = make_engine(cfg, bench)
+        observers: list = [timelines.setdefault(name, SlotTimeline())]
+        if bench.tensorboard_dir:
+            observers.append(TensorBoardTrace(Path(bench.tensorboard_dir) / name, names))
+            if bench.profile_steps:
+                lo, hi = parse_step_range(bench.profile_steps)
+                observers.append(ProfileSteps(Path(bench.tensorboard_dir) / name, lo, hi))
+        result = run_workload(
+            engine, workload, observers=tuple(observers), progress=not bench.disable_tqdm, desc=name
+        )
+        for o in observers:
+            o.finish(result)
+        results[name] = result
+        metrics[name] = compute_metrics(result.outputs, result.duration)
+        adapters = per_adapter_ttft(result.outputs)
+        if not quiet:
+            print(format_block(name, metrics[name], bench.request_rate))
+            print(format_per_adapter(adapters))
+        _write_outputs(bench, name, cfg, metrics[name], adapters, result)
+    if len(settings) > 1 and not quiet:
+        print(format_compare(metrics))
+    if bench.plot_dir:
+        out = Path(bench.plot_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        plot_ttft_cdf(results, out / "ttft_cdf.png")
+        plot_ttft_per_adapter(results, out / "ttft_per_adapter.png")
+        for name, tl in timelines.items():
+            plot_slot_timeline(tl.points, f"slots over time: {name}", out / f"slots_{name}.png")
+    if bench.tensorboard_dir and not quiet:
+        print(f"\ntensorboard --logdir {bench.tensorboard_dir}")
+    return {"metrics": metrics, "results": results}
+
+
+def _write_outputs(bench, name, cfg, metrics, adapters, result) -> None:
+    if bench.output_file:
+        line = {
+            "setting": name,
+            **metrics,
+            "per_adapter": adapters,
+            "engine_config": dataclasses.asdict(cfg),
+            "bench_config": dataclasses.asdict(bench),
+        }
+        with open(bench.output_file, "a") as f:
+            f.write(json.dumps(line, default=str) + "\n")
+    if bench.output_details:
+        with open(bench.output_details, "a") as f:
+            for i, o in enumerate(result.outputs):
+                itl = [b - a for a, b in zip(o.token_times, o.token_times[1:], strict=False)]
+                f.write(
+                    json.dumps(
+                        {
+                            "setting": name,
+                            "index": i,
+                            "lora_name": o.lora_name,
+                            "prompt_len": o.prompt_len,
+                            "output_len": len(o.token_ids),
+                            "arrival_s": o.arrival_time - result.start,
+                            "ttft_ms": None if o.ttft is None else o.ttft * 1e3,
+                            "e2e_ms": None if o.e2e is None else o.e2e * 1e3,
+                            "itl_ms": [x * 1e3 for x in itl],
+                            "num_preemptions": o.num_preemptions,
+                            "error": o.error,
+                        }
+                    )
+                    + "\n"
+                )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    config = dataclass_from_args(EngineConfig, args)
+    bench = dataclass_from_args(BenchConfig, args)
+    run_bench(config, bench)
