@@ -1,0 +1,5 @@
+"""Metrics sinks shared by training and benchmarks."""
+
+from jlora.metrics.tensorboard import ScalarWriter
+
+__all__ = ["ScalarWriter"]
