@@ -58,6 +58,7 @@ def _engine_part(args) -> dict:
                 decode_batch_buckets=tuple(batches),
                 prefill_token_buckets=(args.prefill_tokens,),
                 kv_len_buckets=(args.context,),
+                max_total_tokens=max(batches) * args.context,
             )
         )
         startup = time.perf_counter() - t0

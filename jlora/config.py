@@ -6,9 +6,11 @@ derived from this class (``--max-loras-per-batch`` ...) reads as SGLang's does.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jlora.scheduler.policies import DRAIN_POLICIES
 from models.config import ModelConfig
 from models.presets import PRESETS, get_preset
 
@@ -47,6 +49,14 @@ class EngineConfig:
     base_model_uses_slot: bool = False
     """Requests without an adapter count as one adapter against ``max_loras_per_batch``, as in
     SGLang (where the base model takes a slot)."""
+    lora_drain_wait_threshold: float = 0.0
+    """Seconds a request may wait for its adapter to get a device slot before a drainer makes a
+    running adapter give one up (0: off, plain first come first served)."""
+    lora_drain_policy: str = "sglang"
+    """How the slot is freed once the threshold has passed: ``sglang`` (SGLang's drainer: the
+    victim admits no long request until it has drained), ``reserve`` (the same, with the freed
+    slot held for the starved adapter) or ``preempt`` (the victim's requests are paused, KV kept,
+    and resumed when a slot is theirs again). See :mod:`jlora.scheduler.policies`."""
     random_seed: int = 0
     """Seed of dummy weights, dummy adapters and of requests that set no sampling seed."""
 
@@ -89,6 +99,13 @@ class EngineConfig:
         _positive_int("max_loras_per_batch", self.max_loras_per_batch)
         _positive_int("max_lora_rank", self.max_lora_rank)
         _choice("lora_eviction_policy", self.lora_eviction_policy, ("lru", "fifo"))
+        _choice("lora_drain_policy", self.lora_drain_policy, DRAIN_POLICIES)
+        t = self.lora_drain_wait_threshold
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
+            raise ValueError(
+                f"lora_drain_wait_threshold={t!r} must be a finite number of seconds >= 0 "
+                "(0 turns the drainer off)"
+            )
         for name in ("page_size", "max_running_requests", "max_prefill_tokens"):
             _positive_int(name, getattr(self, name))
         for name in ("context_length", "max_total_tokens", "chunked_prefill_size"):

@@ -10,7 +10,9 @@
 Each :meth:`Engine.step` asks the scheduler for a plan (from host state only), has the runner copy
 any adapter the plan needs into its device slot, runs the one prefill or decode step, and applies
 the sampled tokens: timestamps, stop conditions, freeing what finished. The runner and the clock are
-injected, so the same loop runs the real model, a fake runner in tests, or the simulator.
+injected, so the same loop runs the real model, a fake runner in tests, or the simulator. The
+scheduling policy is built from ``lora_drain_wait_threshold`` / ``lora_drain_policy`` unless one is
+passed (``policy=``); ``engine.last_state`` is the scheduler's state at the last decision.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from jlora.runner.base import DecodeSeq, PrefillSeq, Runner
 from jlora.runner.buckets import ShapeBuckets, geometric
 from jlora.runner.kv_cache import PagePool, kv_bytes_per_page
 from jlora.sampling import SamplingParams
+from jlora.scheduler.policies import make_policy
 from jlora.scheduler.request import Request, RequestOutput, Status, StreamEvent
-from jlora.scheduler.scheduler import Policy, Scheduler, SchedulerConfig
+from jlora.scheduler.scheduler import Policy, Scheduler, SchedulerConfig, SchedulerState
 from models.config import ModelConfig
 from models.weights import DTYPES, init_dummy_weights, load_hf_weights
 
@@ -57,14 +60,23 @@ def make_buckets(config: EngineConfig, model: ModelConfig) -> ShapeBuckets:
 
 
 def kv_capacity_pages(config: EngineConfig, model: ModelConfig, context: int) -> int:
-    """Pages of KV cache: from ``max_total_tokens``, or a fraction of the free device memory."""
+    """Pages of KV cache: from ``max_total_tokens``, or as SGLang sizes its pool: the weights, the
+    adapter slots and the KV cache together take ``mem_fraction_static`` of the device's memory
+    pool, the rest is left for activations (call after the weights are on the device)."""
     if config.max_total_tokens is not None:
         return -(-config.max_total_tokens // config.page_size) + 1
     per_page = kv_bytes_per_page(model, config.page_size, DTYPES[config.dtype])
     stats = jax.devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
-        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-        return max(2, int(free * config.mem_fraction_static) // per_page)
+        budget = stats["bytes_limit"] * config.mem_fraction_static - stats.get("bytes_in_use", 0)
+        pages = int(budget) // per_page
+        if pages < 2:
+            raise ValueError(
+                f"mem_fraction_static={config.mem_fraction_static} leaves no room for a KV cache "
+                f"({stats.get('bytes_in_use', 0) / 2**30:.1f} GiB in use of "
+                f"{stats['bytes_limit'] / 2**30:.1f} GiB); raise it or set max_total_tokens"
+            )
+        return pages
     return 64 * -(-context // config.page_size) + 1  # CPU: room for 64 full contexts
 
 
@@ -85,6 +97,15 @@ class Engine:
         self.context_length = config.resolved_context_length(self.model_config)
         self.clock: Clock = clock or RealClock()
         self.buckets = make_buckets(config, self.model_config)
+        if runner is None:
+            # Weights and slot buffers first: the KV cache takes what memory they leave.
+            if config.uses_files:
+                params = load_hf_weights(config.model, self.model_config, config.dtype)
+            else:
+                params = init_dummy_weights(self.model_config, config.dtype, config.random_seed)
+            slots = SlotBuffers(
+                self.model_config, config.max_loras_per_batch, config.max_lora_rank, config.dtype
+            )
         num_pages = kv_capacity_pages(config, self.model_config, self.context_length)
         self.pages = PagePool(num_pages, config.page_size)
         self.adapters = AdapterPool(
@@ -105,18 +126,11 @@ class Engine:
             ),
             self.pages,
             self.adapters,
-            policy,
+            policy or make_policy(config),
         )
         if runner is None:
             from jlora.runner.model_runner import ModelRunner
 
-            if config.uses_files:
-                params = load_hf_weights(config.model, self.model_config, config.dtype)
-            else:
-                params = init_dummy_weights(self.model_config, config.dtype, config.random_seed)
-            slots = SlotBuffers(
-                self.model_config, config.max_loras_per_batch, config.max_lora_rank, config.dtype
-            )
             runner = ModelRunner(
                 params,
                 self.model_config,
@@ -133,6 +147,8 @@ class Engine:
         self._rids = itertools.count()
         self._events: dict[int, list[StreamEvent]] = {}
         self.num_steps = 0
+        self.last_state: SchedulerState = self.scheduler.snapshot(self.clock.now())
+        """The scheduler's state at the last decision (slots, waits, drain marks, batch)."""
 
     def _load_adapter(self, name: str, path: str) -> LoraAdapter:
         rank = parse_dummy_spec(path)
@@ -167,7 +183,9 @@ class Engine:
         if not self.adapters.known(name):
             raise ValueError(f"unknown adapter name {name!r}")
         users = [
-            r.rid for r in self.scheduler.waiting + self.scheduler.running if r.lora_name == name
+            r.rid
+            for r in self.scheduler.waiting + self.scheduler.running + self.scheduler.paused
+            if r.lora_name == name
         ]
         if users:
             raise ValueError(
@@ -214,12 +232,14 @@ class Engine:
 
     def step(self) -> list[RequestOutput]:
         """Run one scheduling decision and one step; returns the outputs finished in it."""
-        plan = self.scheduler.schedule(self.clock.now())
+        now = self.clock.now()
+        plan = self.scheduler.schedule(now)
         self.last_plan = plan
+        self.last_state = self.scheduler.snapshot(now)
+        for slot, name in plan.loads:  # also for resumed requests, which decode in a later step
+            self.runner.load_lora(slot, self.adapters.get(name))
         if plan.kind == "idle":
             return []
-        for slot, name in plan.loads:
-            self.runner.load_lora(slot, self.adapters.get(name))
         finished: list[RequestOutput] = []
         if plan.kind == "prefill":
             tokens = self.runner.prefill([self._prefill_seq(item) for item in plan.prefill])

@@ -8,7 +8,8 @@ Two tiers, as in SGLang:
 * **Device slots**: ``max_loras_per_batch`` slots the forward reads. An adapter with running
   requests keeps its slot; to give a slot to another adapter, a slot whose adapter has no running
   request is taken (``lru``: least recently used; ``fifo``: loaded longest ago), an empty one first.
-  A pinned adapter keeps its slot for good.
+  A pinned adapter keeps its slot for good. A drainer may hold a slot for the adapter it was freed
+  for (``reserved``): no other adapter is given it.
 
 This object is host bookkeeping only: the scheduler asks it which slot an adapter would get, and
 the engine asks the runner to copy the weights into that slot.
@@ -113,22 +114,30 @@ class AdapterPool:
         except ValueError:
             return None
 
-    def free_slot_for(self, name: str, busy: Iterable[str]) -> int | None:
+    def free_slot_for(
+        self, name: str, busy: Iterable[str], reserved: Iterable[int] = ()
+    ) -> int | None:
         """The slot ``name`` would take, without taking it: its own, an empty one, or one whose
-        adapter is not in ``busy`` (adapters with running or just-admitted requests)."""
+        adapter is not in ``busy`` (adapters with running or just-admitted requests). Slots in
+        ``reserved`` are held for another adapter (a drainer's reservation) and are not given."""
         own = self.slot_of(name)
+        reserved = set(reserved)
         if own is not None:
-            return own
+            return own if own not in reserved else None
         busy = set(busy) | self.pinned
-        candidates = [s for s in range(self.num_slots) if self.occupant[s] not in busy]
+        candidates = [
+            s for s in range(self.num_slots) if self.occupant[s] not in busy and s not in reserved
+        ]
         if not candidates:
             return None
         order = self._slot_used if self.eviction_policy == "lru" else self._slot_loaded
         return min(candidates, key=lambda s: (self.occupant[s] is not None, order[s], s))
 
-    def take_slot(self, name: str, busy: Iterable[str]) -> tuple[int, bool] | None:
+    def take_slot(
+        self, name: str, busy: Iterable[str], reserved: Iterable[int] = ()
+    ) -> tuple[int, bool] | None:
         """Give ``name`` a slot; returns (slot, whether its weights must be copied in)."""
-        slot = self.free_slot_for(name, busy)
+        slot = self.free_slot_for(name, busy, reserved)
         if slot is None:
             return None
         self._tick += 1

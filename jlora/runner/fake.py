@@ -33,21 +33,28 @@ class FakeRunner:
     token_fn: Callable[[int, int], int] = _default_token
     log: list[tuple] = field(default_factory=list)
     """A line per call: ("prefill", [(rid, start, n)]), ("decode", [rid]), ("load", slot, name)."""
+    times: list[tuple[float, float]] = field(default_factory=list)
+    """(start, end) on the clock of each line of ``log``."""
 
     def prefill(self, seqs: list[PrefillSeq]) -> list[int | None]:
         tokens = sum(len(s.tokens) for s in seqs)
-        self.clock.advance(self.prefill_base + self.prefill_per_token * tokens)
+        self._advance(self.prefill_base + self.prefill_per_token * tokens)
         self.log.append(("prefill", [(s.rid, s.start, len(s.tokens)) for s in seqs]))
         return [self.token_fn(s.rid, s.out_index) if s.sample else None for s in seqs]
 
     def decode(self, seqs: list[DecodeSeq]) -> list[int]:
-        self.clock.advance(self.decode_base + self.decode_per_seq * len(seqs))
+        self._advance(self.decode_base + self.decode_per_seq * len(seqs))
         self.log.append(("decode", [s.rid for s in seqs]))
         return [self.token_fn(s.rid, s.out_index) for s in seqs]
 
     def load_lora(self, slot: int, adapter: LoraAdapter | None) -> None:
-        self.clock.advance(self.load_time)
+        self._advance(self.load_time)
         self.log.append(("load", slot, None if adapter is None else adapter.name))
+
+    def _advance(self, seconds: float) -> None:
+        start = self.clock.now()
+        self.clock.advance(seconds)
+        self.times.append((start, self.clock.now()))
 
     def score(self, seqs: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
         raise NotImplementedError("the fake runner computes no logits")

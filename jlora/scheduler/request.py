@@ -1,5 +1,6 @@
 """A request's life: waiting -> running (prefill, then decode) -> finished; it may be preempted
-back to waiting (its pages freed, recomputed later) or paused (pages kept) on the way."""
+back to waiting (its pages freed, recomputed later) or paused (pages and outputs kept, out of the
+running set, resumed to decode from its cache) on the way."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ class Request:
     wait_since: float = 0.0
     """When it last began to wait (arrival, preemption or pause): starvation is measured from it."""
     num_preemptions: int = 0
+    num_pauses: int = 0
+    """Times a drainer paused it (pages kept, resumed later without recompute)."""
 
     def __post_init__(self) -> None:
         self.wait_since = self.arrival
@@ -85,6 +88,7 @@ class RequestOutput:
     token_times: list[float]
     finish_time: float | None
     num_preemptions: int = 0
+    num_pauses: int = 0
 
     @property
     def ttft(self) -> float | None:
@@ -108,6 +112,7 @@ class RequestOutput:
             token_times=list(req.token_times),
             finish_time=req.finish_time,
             num_preemptions=req.num_preemptions,
+            num_pauses=req.num_pauses,
         )
 
 

@@ -3,49 +3,75 @@
 What is decided, when, and from which state
 -------------------------------------------
 The engine loop calls :meth:`Scheduler.schedule` once per step. It reads only host state: the
-waiting queue, the running set, the page pool's free list and the adapter pool's slot table, and
-the clock. It returns a :class:`StepPlan`:
+waiting queue, the running set, the paused set, the page pool's free list, the adapter pool's slot
+table, the policy's marks, and the clock. Nothing on the device is read, so a decision costs
+O(requests) of Python between two steps, and the same code runs under a fake clock and runner. It
+returns a :class:`StepPlan`:
 
-1. **Prefill**, if anything can be admitted. A chunked prompt in progress is continued first. Then
-   the waiting queue is walked in the policy's order; a request is admitted if
+1. **Admission round**, if anything waits, is paused, or a chunked prompt is in progress:
 
-   * the running set has room (``max_running_requests``),
-   * its adapter is already in a slot, or a slot can be had: an empty one, or one whose adapter has
-     no running or just-admitted request (otherwise the request is *skipped*, and the walk goes on:
-     a request of another adapter further down may fit),
-   * the policy agrees (the drainer's hook; FCFS always does),
-   * its pages fit in the free pages, keeping one page per running request in reserve for decode
-     growth (otherwise the walk stops: pages are shared by all, and skipping would starve the
-     larger request behind smaller ones),
-   * its tokens fit in the step's token budget (``max_prefill_tokens``); a prompt longer than what
-     is left is split in chunks of at most ``chunked_prefill_size`` (one chunked prompt at a time).
+   a. The policy updates its marks (:meth:`Policy.before_prefill`; the drainers of
+      :mod:`jlora.scheduler.policies` recompute per-adapter waits and budgets here) and names the
+      running requests to **pause** (:meth:`Policy.pauses`; only the ``preempt`` drainer does). A
+      paused request leaves the running set, keeps its KV pages and outputs, and waits from now.
+      A request in the middle of a chunked prefill is preempted by recompute instead.
+   b. **The walk**: a chunked prompt in progress is continued first. Then the paused and waiting
+      requests are walked in the policy's order (FCFS: paused ones first, so they resume before
+      new arrivals of other adapters; then by ``wait_since``).
 
-2. **Decode** of every running request that has finished its prefill, otherwise. Each gets the
-   page its next token needs; when none is free, the newest running request is preempted: its
-   pages are freed, it goes back to the waiting queue with its outputs kept, and its prompt and
-   outputs are recomputed when it is admitted again. Nothing is lost and nothing crashes.
+      * A paused request **resumes** (back to the running set; it decodes in the next decode
+        step, from its cache) if its adapter runs already or can get a slot (below).
+      * A waiting request is **admitted** (for prefill) if the running set has room
+        (``max_running_requests``); its adapter runs already or can get a slot (otherwise it is
+        *skipped* and the walk goes on: a request of another adapter further down may fit); the
+        policy agrees (:meth:`Policy.may_admit`: the drainers' 1.2x tolerance); its pages fit in
+        the free pages, keeping one page per running request in reserve for decode growth (if
+        not, paused requests are preempted by recompute, most recently paused first, to make
+        room, and if that is not enough no further request is admitted: pages are shared by
+        all, and skipping would starve the larger request behind smaller ones); and its tokens
+        fit in the step's token budget (``max_prefill_tokens``); a prompt longer than what is
+        left is split in chunks of at most ``chunked_prefill_size`` (one at a time).
 
-3. **Idle** when nothing waits or runs.
+2. **Prefill** step if anything was admitted or continued. Otherwise **decode** of every running
+   request that has finished its prefill (paused requests are never decoded). Each gets the page
+   its next token needs; when none is free a paused request (most recently paused first), else the
+   newest running one, is preempted: its pages are freed, it goes back to the waiting queue with
+   its outputs kept, and its prompt and outputs are recomputed when admitted again.
 
-Adapter slot loads the plan needs are listed in it; the engine has the runner perform them before
-the step. Policies (FCFS here, the drainers in :mod:`jlora.scheduler.policies`) change only the
-order of the walk and which requests may be admitted; they see the same state.
+3. **Idle** when nothing can run.
+
+When can an adapter get a slot? A slot *unit* must be free (``max_loras_per_batch`` minus the
+units of running adapters; the base model takes one only with ``base_uses_slot``), and, for an
+adapter, a device slot: its own, an empty one, or one whose adapter has no running request (the
+adapter pool picks by ``lru``/``fifo``). A policy may **hold** a slot (:meth:`Policy.holds`,
+victim -> beneficiary): until the beneficiary runs, the victim's slot and one unit are kept for
+it, and the victim itself cannot sit down again. Adapter loads the plan needs (for admissions and
+resumes) are listed in it; the engine has the runner perform them before the step.
+
+Policies decide (order, marks, pauses, holds, may-admit); the scheduler applies. FCFS and the
+drainers are in :mod:`jlora.scheduler.policies`; :meth:`Scheduler.snapshot` reports the state a
+benchmark logs per step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from jlora.adapters.pool import AdapterPool
 from jlora.runner.kv_cache import OutOfPages, PagePool
+from jlora.scheduler.policies import FCFS
 from jlora.scheduler.request import Request, Status
+
+Adapter = str | None
+"""An adapter name; ``None`` is the base model (no adapter)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class SchedulerConfig:
     max_running_requests: int
-    """Most requests admitted at once (prefilling or decoding)."""
+    """Most requests admitted at once (prefilling or decoding; paused ones not counted)."""
     max_prefill_tokens: int
     """Token budget of one prefill step."""
     chunked_prefill_size: int
@@ -73,57 +99,61 @@ class StepPlan:
     prefill: list[PrefillItem] = field(default_factory=list)
     decode: list[Request] = field(default_factory=list)
     loads: list[tuple[int, str]] = field(default_factory=list)  # (slot, adapter) to copy in first
-    preempted: list[Request] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)  # pages freed, back to waiting
+    paused: list[Request] = field(default_factory=list)  # pages kept, out of the running set
+    resumed: list[Request] = field(default_factory=list)  # paused -> running in this round
 
 
 @dataclass(frozen=True)
 class SchedulerState:
-    """What the scheduler holds at one moment, for traces (adapters by name; None = base model)."""
+    """What the scheduler holds at one moment, for traces (adapters by name; None = base model).
+
+    Taken by :meth:`Scheduler.snapshot`; the engine keeps the one of its last decision as
+    ``Engine.last_state``. Counts are per adapter; adapters with none are absent.
+    """
 
     time: float
     slots: tuple[str | None, ...]  # adapter in each device slot
-    waiting: dict[str | None, int]  # waiting requests per adapter
-    longest_wait: dict[str | None, float]  # seconds the longest-waiting one has waited
-    running: dict[str | None, int]  # admitted (prefilling or decoding) requests per adapter
-    paused: dict[str | None, int]  # paused requests per adapter
-    draining: dict[str | None, str | None]  # victim adapter -> the starved adapter it drains for
+    waiting: dict[Adapter, int]  # waiting requests per adapter (paused ones not included)
+    longest_wait: dict[Adapter, float]  # seconds the longest-waiting one (waiting or paused) waited
+    running: dict[Adapter, int]  # admitted (prefilling or decoding) requests per adapter
+    paused: dict[Adapter, int]  # paused requests per adapter (KV pages kept)
+    draining: dict[Adapter, Adapter]  # victim adapter -> the starved adapter it makes room for
     free_pages: int
+    kind: str = "idle"  # the last plan's kind: prefill, decode or idle
+    batch: dict[Adapter, int] = field(default_factory=dict)  # the last plan's sequences per adapter
 
 
 class Policy(Protocol):
-    """What a scheduling policy may change (see :mod:`jlora.scheduler.policies`)."""
+    """What a scheduling policy may decide (see :mod:`jlora.scheduler.policies`).
 
-    def order(self, waiting: list[Request], now: float) -> list[Request]:
-        """The order in which admission walks the waiting queue."""
+    The hooks are called once per admission round, in this order: ``before_prefill``, ``pauses``,
+    ``order``, then ``holds`` and ``may_admit`` during the walk.
+    """
+
+    def order(self, queue: list[Request], now: float) -> list[Request]:
+        """The order in which the walk takes the paused and waiting requests (``queue``)."""
         ...
 
     def before_prefill(self, sched: Scheduler, now: float) -> None:
-        """Called once per scheduling round, before the walk (the drainer updates its marks)."""
+        """Update the policy's marks from the scheduler's state (the drainers' bookkeeping)."""
+        ...
+
+    def pauses(self, sched: Scheduler, now: float) -> Sequence[Request]:
+        """Running requests to pause before this round's walk (their slot is then free)."""
         ...
 
     def may_admit(self, sched: Scheduler, req: Request, now: float) -> bool:
         """Whether ``req`` may be admitted in this round (its adapter has or can get a slot)."""
         ...
 
-    def draining(self) -> dict[str | None, str | None]:
-        """Current drain marks: victim adapter -> the starved adapter it drains for."""
+    def holds(self) -> Mapping[Adapter, Adapter]:
+        """Slots held: victim adapter -> the adapter its slot is kept for, until that one runs."""
         ...
 
-
-class FCFS:
-    """First come, first served; admission skips requests whose adapter cannot get a slot."""
-
-    def order(self, waiting: list[Request], now: float) -> list[Request]:
-        return sorted(waiting, key=lambda r: (r.wait_since, r.rid))
-
-    def before_prefill(self, sched: Scheduler, now: float) -> None:
-        return None
-
-    def may_admit(self, sched: Scheduler, req: Request, now: float) -> bool:
-        return True
-
-    def draining(self) -> dict[str | None, str | None]:
-        return {}
+    def draining(self) -> dict[Adapter, Adapter]:
+        """Current drain marks: victim adapter -> the starved adapter it drains for."""
+        ...
 
 
 class Scheduler:
@@ -138,6 +168,8 @@ class Scheduler:
         self.policy: Policy = policy or FCFS()
         self.waiting: list[Request] = []
         self.running: list[Request] = []
+        self.paused: list[Request] = []
+        self.last_plan = StepPlan("idle")
         self._admitted_order: dict[int, int] = {}  # rid -> admission counter (newest = largest)
         self._counter = 0
 
@@ -147,23 +179,88 @@ class Scheduler:
         self.waiting.append(req)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.paused)
 
-    def running_adapters(self) -> set[str | None]:
+    def running_adapters(self) -> set[Adapter]:
         return {r.lora_name for r in self.running}
 
-    def adapter_busy(self, name: str | None) -> bool:
+    def adapter_busy(self, name: Adapter) -> bool:
         return name in self.running_adapters()
+
+    # ------------------------------------------------------------------ slots
+    def uses_unit(self, name: Adapter) -> bool:
+        """Whether requests of ``name`` count against ``max_loras_per_batch``."""
+        return name is not None or self.config.base_uses_slot
+
+    def slot_units(self, names: Iterable[Adapter]) -> int:
+        """Slot units the adapters ``names`` take when they run together."""
+        return sum(1 for n in set(names) if self.uses_unit(n))
+
+    def _held_for_others(self, name: Adapter, busy: set[Adapter]) -> list[tuple[Adapter, Adapter]]:
+        """Holds (victim, beneficiary) in force against ``name``: beneficiary not yet running."""
+        return [(v, b) for v, b in self.policy.holds().items() if b not in busy and b != name]
+
+    def free_slot(
+        self, name: Adapter, busy: set[Adapter] | None = None, claimed: Iterable[int] = ()
+    ) -> int | None:
+        """The device slot an adapter that is not running could sit in now (-1: it needs none, the
+        base model), honouring the policy's holds; None if it cannot. ``busy``: the adapters that
+        run (default: those of the running set); ``claimed``: slots promised to others."""
+        busy = self.running_adapters() if busy is None else busy
+        if not self.uses_unit(name):
+            return -1
+        held = self._held_for_others(name, busy)
+        if any(v == name for v, _ in held):
+            return None  # it owes its slot to another adapter
+        units = self.slot_units(busy | {name}) + sum(
+            1 for v, b in held if v not in busy and self.uses_unit(b)
+        )
+        if units > self.adapters.num_slots:
+            return None
+        if name is None:
+            return -1
+        reserved = self._reserved_slots(held, busy) | set(claimed)
+        return self.adapters.free_slot_for(name, busy - {None}, reserved)
+
+    def can_seat(self, name: Adapter, busy: set[Adapter] | None = None) -> bool:
+        """Whether ``name`` runs already or could get a slot now."""
+        busy = self.running_adapters() if busy is None else busy
+        return name in busy or self.free_slot(name, busy) is not None
+
+    def _reserved_slots(self, held: list[tuple[Adapter, Adapter]], busy: set[Adapter]) -> set[int]:
+        out = set()
+        for v, _ in held:
+            if v is not None and v not in busy and (s := self.adapters.slot_of(v)) is not None:
+                out.add(s)
+        return out
+
+    def _seat(self, name: Adapter, busy: set[Adapter], plan: StepPlan) -> None:
+        """Give ``name`` (checked by :meth:`free_slot`) its slot; list the load in the plan."""
+        if name is None:
+            return
+        reserved = self._reserved_slots(self._held_for_others(name, busy), busy)
+        taken = self.adapters.take_slot(name, busy - {None}, reserved)
+        assert taken is not None, f"no slot for {name!r} after free_slot found one"
+        slot, must_load = taken
+        if must_load:
+            plan.loads.append((slot, name))
 
     # ------------------------------------------------------------------ the decision
     def schedule(self, now: float) -> StepPlan:
-        plan = self._schedule_prefill(now)
-        if plan is not None:
+        plan = StepPlan("prefill")
+        if self.waiting or self.paused or any(self._chunking()):
+            self.policy.before_prefill(self, now)
+            for req in self.policy.pauses(self, now):
+                self._pause(req, now, plan)
+            self._walk(now, plan, self.running_adapters())
+        if plan.prefill:
+            self.adapters.touch(
+                i.req.lora_name for i in plan.prefill if i.req.lora_name is not None
+            )
+            self.last_plan = plan
             return plan
-        decoding = [r for r in self.running if not r.in_prefill and r.status == Status.RUNNING]
-        if not decoding:
-            return StepPlan("idle")
-        plan = StepPlan("decode")
+        plan.kind = "decode"
+        decoding = [r for r in self.running if not r.in_prefill]
         for req in sorted(decoding, key=lambda r: self._admitted_order[r.rid]):
             if req.status != Status.RUNNING:  # preempted below, to make room for an older one
                 continue
@@ -171,7 +268,7 @@ class Scheduler:
                 try:
                     req.pages += self.pages.alloc(1)
                 except OutOfPages:
-                    victim = self._newest_running()
+                    victim = self.paused[-1] if self.paused else self._newest_running()
                     self._preempt(victim, now)
                     plan.preempted.append(victim)
                     if victim is req:
@@ -179,67 +276,73 @@ class Scheduler:
             if req.status == Status.RUNNING:
                 plan.decode.append(req)
         if not plan.decode:
-            return StepPlan("idle", preempted=plan.preempted)
+            plan.kind = "idle"
         self.adapters.touch(r.lora_name for r in plan.decode if r.lora_name is not None)
+        self.last_plan = plan
         return plan
 
-    def _slots_needed(self, names: set[str | None]) -> int:
-        return len({n for n in names if n is not None or self.config.base_uses_slot})
+    def _chunking(self) -> list[Request]:
+        return [r for r in self.running if r.in_prefill and r.num_computed > 0]
 
-    def _schedule_prefill(self, now: float) -> StepPlan | None:
+    def _walk(self, now: float, plan: StepPlan, busy: set[Adapter]) -> None:
+        """Resume paused requests and admit waiting ones, in the policy's order."""
         cfg = self.config
-        chunked = [r for r in self.running if r.in_prefill and r.num_computed > 0]
-        if not self.waiting and not chunked:
-            return None
-        self.policy.before_prefill(self, now)
-        plan = StepPlan("prefill")
         budget = cfg.max_prefill_tokens
-        busy: set[str | None] = self.running_adapters()
+        chunked = self._chunking()
         for req in chunked:  # at most one
             n = min(req.num_tokens - req.num_computed, cfg.chunked_prefill_size, budget)
             plan.prefill.append(PrefillItem(req, req.num_computed, req.num_computed + n))
             budget -= n
         chunking = bool(chunked)
         reserve = len(self.running)
-        for req in self.policy.order(self.waiting, now):
-            if budget <= 0 or len(plan.prefill) >= cfg.max_prefill_seqs:
-                break
+        admitting = True  # false once the prefill is full: paused requests may still resume
+        for req in self.policy.order(self.paused + self.waiting, now):
             if len(self.running) >= cfg.max_running_requests:
                 break
+            if budget <= 0 or len(plan.prefill) >= cfg.max_prefill_seqs:
+                admitting = False
             name = req.lora_name
-            new_adapter = name not in busy
-            if new_adapter:
-                if self._slots_needed(busy | {name}) > self.adapters.num_slots:
-                    continue
-                if name is not None and self.adapters.free_slot_for(name, busy - {None}) is None:
-                    continue
+            if req.status == Status.PAUSED:
+                if name not in busy:
+                    if self.free_slot(name, busy) is None:
+                        continue
+                    self._seat(name, busy, plan)
+                    busy.add(name)
+                self.paused.remove(req)
+                req.status = Status.RUNNING
+                self.running.append(req)
+                plan.resumed.append(req)
+                reserve += 1
+                continue
+            if not admitting or req.status != Status.WAITING:
+                continue  # (a paused request preempted below for pages is waiting again)
+            if name not in busy and self.free_slot(name, busy) is None:
+                continue
             if not self.policy.may_admit(self, req, now):
                 continue
             need = self.pages.pages_for(req.num_tokens) - len(req.pages)
+            while need + reserve > self.pages.num_free and self.paused:
+                victim = self.paused[-1]  # the most recently paused
+                self._preempt(victim, now)
+                plan.preempted.append(victim)
             if need + reserve > self.pages.num_free:
-                break
+                admitting = False
+                continue
             n = req.num_tokens - req.num_computed
             if n > budget or n > cfg.chunked_prefill_size:
                 if chunking:
-                    break
+                    admitting = False
+                    continue
                 n = min(budget, cfg.chunked_prefill_size)
                 chunking = True
-            if name is not None:
-                taken = self.adapters.take_slot(name, busy - {None})
-                assert taken is not None  # checked by free_slot_for above
-                slot, must_load = taken
-                if must_load:
-                    plan.loads.append((slot, name))
+            if name not in busy:
+                self._seat(name, busy, plan)
+                busy.add(name)
             req.pages += self.pages.alloc(need)
             self._admit(req)
-            busy.add(name)
             reserve += 1
             plan.prefill.append(PrefillItem(req, req.num_computed, req.num_computed + n))
             budget -= n
-        if not plan.prefill:
-            return None
-        self.adapters.touch(i.req.lora_name for i in plan.prefill if i.req.lora_name is not None)
-        return plan
 
     def _admit(self, req: Request) -> None:
         self.waiting.remove(req)
@@ -254,31 +357,61 @@ class Scheduler:
             key=lambda r: self._admitted_order[r.rid],
         )
 
+    def _pause(self, req: Request, now: float, plan: StepPlan) -> None:
+        """Take a running request out of the running set, keeping its pages; it waits from now.
+
+        A request in the middle of its (chunked) prefill has produced nothing yet: it is preempted
+        by recompute instead (at most a few chunks are lost), so a resumed request always decodes.
+        """
+        assert req in self.running, f"request {req.rid} is not running; it cannot be paused"
+        if req.in_prefill:
+            self._preempt(req, now)
+            plan.preempted.append(req)
+            return
+        self.running.remove(req)
+        req.status = Status.PAUSED
+        req.wait_since = now
+        req.num_pauses += 1
+        self.paused.append(req)
+        plan.paused.append(req)
+
     def _preempt(self, req: Request, now: float) -> None:
-        """Free the request's pages and send it back to wait; it will be recomputed."""
+        """Free the request's pages and send it back to wait; it will be recomputed.
+
+        A paused request keeps the time it paused as the start of its wait.
+        """
         self.pages.free(req.pages)
         req.pages = []
         req.num_computed = 0
         req.num_preemptions += 1
-        req.wait_since = now
-        self.running.remove(req)
+        if req in self.paused:
+            self.paused.remove(req)
+        else:
+            req.wait_since = now
+            self.running.remove(req)
         self._admitted_order.pop(req.rid, None)
         self.add(req)
 
+    # ------------------------------------------------------------------ traces
     def snapshot(self, now: float) -> SchedulerState:
-        """The state traces log after each step (O(requests), host only)."""
-        waiting: dict[str | None, int] = {}
-        longest: dict[str | None, float] = {}
-        paused: dict[str | None, int] = {}
+        """The state traces log after each step (O(requests), host only); ``kind`` and ``batch``
+        describe the last plan."""
+        waiting: dict[Adapter, int] = {}
+        longest: dict[Adapter, float] = {}
+        paused: dict[Adapter, int] = {}
+        running: dict[Adapter, int] = {}
         for r in self.waiting:
             waiting[r.lora_name] = waiting.get(r.lora_name, 0) + 1
+        for r in self.waiting + self.paused:
             longest[r.lora_name] = max(longest.get(r.lora_name, 0.0), now - r.wait_since)
-        running: dict[str | None, int] = {}
+        for r in self.paused:
+            paused[r.lora_name] = paused.get(r.lora_name, 0) + 1
         for r in self.running:
-            if r.status == Status.PAUSED:
-                paused[r.lora_name] = paused.get(r.lora_name, 0) + 1
-            else:
-                running[r.lora_name] = running.get(r.lora_name, 0) + 1
+            running[r.lora_name] = running.get(r.lora_name, 0) + 1
+        plan = self.last_plan
+        batch: dict[Adapter, int] = {}
+        for r in [i.req for i in plan.prefill] + plan.decode:
+            batch[r.lora_name] = batch.get(r.lora_name, 0) + 1
         return SchedulerState(
             time=now,
             slots=tuple(self.adapters.occupant),
@@ -288,6 +421,8 @@ class Scheduler:
             paused=paused,
             draining=dict(self.policy.draining()),
             free_pages=self.pages.num_free,
+            kind=plan.kind,
+            batch=batch,
         )
 
     # ------------------------------------------------------------------ after a step
@@ -295,9 +430,8 @@ class Scheduler:
         """Release a finished (or failed) request's pages and its place."""
         self.pages.free(req.pages)
         req.pages = []
-        if req in self.running:
-            self.running.remove(req)
-        if req in self.waiting:
-            self.waiting.remove(req)
+        for queue in (self.running, self.waiting, self.paused):
+            if req in queue:
+                queue.remove(req)
         self._admitted_order.pop(req.rid, None)
         req.status = Status.FINISHED
