@@ -9,8 +9,10 @@ other sequence starts at position 0 in its step, so no other gather is needed.
 **Decode** runs one token for each of ``B`` sequences; each attends to its own pages
 (``page_table [B, P]``) up to its length.
 
-Both write the step's new K/V into the cache first (``slot_mapping``; padding tokens write to the
-trash page). This is the XLA reference of paged attention: it gathers the pages it reads.
+Both read the cache as it was before the step and take the step's own K/V directly; the step
+writes all layers' new K/V into the cache once, at its end
+(:func:`~jlora.runner.kv_cache.commit_kv_state`). This is the XLA reference of paged attention: it
+gathers the pages it reads.
 """
 
 from __future__ import annotations
@@ -20,12 +22,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from jlora.runner.kv_cache import KVCache, write_kv
 from models.llama import dense_attention
-
-
-def _set_layer(kv: KVCache, layer: int, value) -> KVCache:
-    return kv[:layer] + (value,) + kv[layer + 1 :]
 
 
 @jax.tree_util.register_dataclass
@@ -38,9 +35,9 @@ class PrefillAttention:
     prefix_len: jax.Array  # [] int32, tokens in those pages (0: no continuing sequence)
     prefix_seq: jax.Array  # [] int32, seq_id of the continuing sequence (-2: none)
 
-    def __call__(self, layer, q, k, v, kv: KVCache):
-        kv = _set_layer(kv, layer, write_kv(kv[layer], self.slot_mapping, k, v))
-        kc, vc = kv[layer]
+    def __call__(self, layer, q, k, v, state):
+        cache, ks, vs = state
+        kc, vc = cache.k[layer], cache.v[layer]
         _, ps, h, d = kc.shape
         num_prefix = self.prefix_pages.shape[0] * ps
         pk = kc[self.prefix_pages].reshape(num_prefix, h, d)
@@ -59,7 +56,7 @@ class PrefillAttention:
         # A padding token sees only itself, so its row stays finite.
         t = q.shape[0]
         mask = mask.at[jnp.arange(t), num_prefix + jnp.arange(t)].set(True)
-        return dense_attention(q, keys, values, mask), kv
+        return dense_attention(q, keys, values, mask), (cache, ks + (k,), vs + (v,))
 
 
 @jax.tree_util.register_dataclass
@@ -69,19 +66,31 @@ class DecodeAttention:
     page_table: jax.Array  # [B, P] int32 (trash page beyond a sequence's pages)
     seq_lens: jax.Array  # [B] int32, tokens in the cache after this step's write (0: padding row)
 
-    def __call__(self, layer, q, k, v, kv: KVCache):
-        kv = _set_layer(kv, layer, write_kv(kv[layer], self.slot_mapping, k, v))
-        kc, vc = kv[layer]
+    def __call__(self, layer, q, k, v, state):
+        cache, ks, vs = state
+        kc, vc = cache.k[layer], cache.v[layer]
         b, p = self.page_table.shape
         _, ps, h, d = kc.shape
-        keys = kc[self.page_table].reshape(b, p * ps, h, d)  # [B, C, Hkv, D]
+        keys = kc[self.page_table].reshape(b, p * ps, h, d)  # [B, C, Hkv, D], before this step
         values = vc[self.page_table].reshape(b, p * ps, h, d)
         hq = q.shape[1]
         qg = q.reshape(b, h, hq // h, d)
-        scores = jnp.einsum("bkgd,bckd->bkgc", qg, keys, preferred_element_type=jnp.float32)
-        scores = scores * (d**-0.5)
-        valid = jnp.arange(p * ps)[None, :] < jnp.maximum(self.seq_lens, 1)[:, None]  # [B, C]
+        scale = d**-0.5
+        cached = jnp.einsum("bkgd,bckd->bkgc", qg, keys, preferred_element_type=jnp.float32)
+        own = jnp.einsum("bkgd,bkd->bkg", qg, k, preferred_element_type=jnp.float32)[..., None]
+        scores = jnp.concatenate([cached, own], axis=-1) * scale  # [B, Hkv, G, C + 1]
+        # The cache holds positions 0..seq_len-2 of each row; its last token is this step's own.
+        valid = jnp.arange(p * ps)[None, :] < (self.seq_lens - 1)[:, None]  # [B, C]
+        valid = jnp.concatenate([valid, jnp.ones((b, 1), bool)], axis=-1)
         scores = jnp.where(valid[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-        out = jnp.einsum("bkgc,bckd->bkgd", probs, values, preferred_element_type=jnp.float32)
-        return out.reshape(b, hq, d).astype(q.dtype), kv
+        probs = jax.nn.softmax(scores, axis=-1)
+        out = (
+            jnp.einsum(
+                "bkgc,bckd->bkgd",
+                probs[..., :-1].astype(values.dtype),
+                values,
+                preferred_element_type=jnp.float32,
+            )
+            + probs[..., -1:] * v.astype(jnp.float32)[:, :, None, :]
+        )
+        return out.reshape(b, hq, d).astype(q.dtype), (cache, ks + (k,), vs + (v,))

@@ -1,14 +1,17 @@
 """The paged KV cache: a pool of fixed-size pages on the device, handed out by a host allocator.
 
-Device side, per layer, ``k`` and ``v`` of shape ``[num_pages, page_size, Hkv, D]``. Page 0 is never
-handed out: padding tokens of a step write their K/V there, so every step writes a fixed-size batch
-with no branch. Host side, :class:`PagePool` keeps the free list and says how many pages a request
-of ``n`` tokens needs; the scheduler asks it before admitting or growing a request.
+Device side, ``k`` and ``v`` of shape ``[L, num_pages, page_size, Hkv, D]``, all layers in one
+array each. A step's attention reads the cache as it was before the step, plus the step's own new
+K/V; the new K/V of every layer are written back in one scatter at the end of the step, into the
+donated buffers. Page 0 is never handed out: padding tokens write there, so every step writes a
+fixed-size batch with no branch. Host side, :class:`PagePool` keeps the free list and says how many
+pages a request of ``n`` tokens needs; the scheduler asks it before admitting or growing a request.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +20,12 @@ from models.config import ModelConfig
 
 TRASH_PAGE = 0  # written by padding tokens, never allocated
 
-# Per layer (k, v), each [num_pages, page_size, Hkv, D].
-KVCache = tuple[tuple[jax.Array, jax.Array], ...]
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class KVCache:
+    k: jax.Array  # [L, num_pages, page_size, Hkv, D]
+    v: jax.Array  # [L, num_pages, page_size, Hkv, D]
 
 
 class OutOfPages(Exception):
@@ -62,19 +69,32 @@ def kv_bytes_per_page(cfg: ModelConfig, page_size: int, dtype) -> int:
 
 
 def allocate_kv_cache(cfg: ModelConfig, num_pages: int, page_size: int, dtype) -> KVCache:
-    shape = (num_pages, page_size, cfg.num_kv_heads, cfg.head_dim)
-    return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers))
+    shape = (cfg.num_layers, num_pages, page_size, cfg.num_kv_heads, cfg.head_dim)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
 
 
 def write_kv(
-    cache: tuple[jax.Array, jax.Array],  # [N, ps, Hkv, D] each
+    cache: KVCache,
     slot_mapping: jax.Array,  # [T] int32 flat index page * page_size + offset
-    k: jax.Array,  # [T, Hkv, D]
-    v: jax.Array,  # [T, Hkv, D]
-) -> tuple[jax.Array, jax.Array]:
-    """Scatter one step's new K/V into their pages (in place when the cache is donated)."""
-    kc, vc = cache
-    n, ps, h, d = kc.shape
-    kc = kc.reshape(n * ps, h, d).at[slot_mapping].set(k.astype(kc.dtype)).reshape(n, ps, h, d)
-    vc = vc.reshape(n * ps, h, d).at[slot_mapping].set(v.astype(vc.dtype)).reshape(n, ps, h, d)
-    return kc, vc
+    k: jax.Array,  # [L, T, Hkv, D]
+    v: jax.Array,  # [L, T, Hkv, D]
+) -> KVCache:
+    """Scatter one step's new K/V of every layer into their pages (in place: the cache is
+    donated)."""
+    nl, n, ps, h, d = cache.k.shape
+
+    def put(buf, new):
+        flat = buf.reshape(nl, n * ps, h, d).at[:, slot_mapping].set(new.astype(buf.dtype))
+        return flat.reshape(nl, n, ps, h, d)
+
+    return KVCache(k=put(cache.k, k), v=put(cache.v, v))
+
+
+def kv_state(cache: KVCache):
+    """The state a step threads through the layers: the cache (read) and the new K/V so far."""
+    return (cache, (), ())
+
+
+def commit_kv_state(state, slot_mapping: jax.Array) -> KVCache:
+    cache, ks, vs = state
+    return write_kv(cache, slot_mapping, jnp.stack(ks), jnp.stack(vs))

@@ -20,7 +20,13 @@ from jlora.kernels.types import NO_SLOT, LoraBatch, make_lora_batch
 from jlora.runner.attention import DecodeAttention, PrefillAttention
 from jlora.runner.base import DecodeSeq, PrefillSeq
 from jlora.runner.buckets import ShapeBuckets
-from jlora.runner.kv_cache import TRASH_PAGE, KVCache, allocate_kv_cache
+from jlora.runner.kv_cache import (
+    TRASH_PAGE,
+    KVCache,
+    allocate_kv_cache,
+    commit_kv_state,
+    kv_state,
+)
 from jlora.runner.sampling import SamplingInputs, sample
 from models.config import ModelConfig
 from models.llama import LlamaParams, LoraLayers, SegmentAttention, forward, logits
@@ -41,10 +47,20 @@ def prefill_step(
     cfg: ModelConfig,
     lora_backend: str,
 ) -> tuple[jax.Array, KVCache]:  # next tokens [R], kv
-    hidden, kv = forward(
-        params, cfg, tokens, attention.positions, attention, kv, lora, lora_batch, lora_backend
+    hidden, state = forward(
+        params,
+        cfg,
+        tokens,
+        attention.positions,
+        attention,
+        kv_state(kv),
+        lora,
+        lora_batch,
+        lora_backend,
     )
-    return sample(logits(params, hidden[last_index]), sampling), kv
+    return sample(logits(params, hidden[last_index]), sampling), commit_kv_state(
+        state, attention.slot_mapping
+    )
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("kv",))
@@ -60,10 +76,10 @@ def decode_step(
     cfg: ModelConfig,
     lora_backend: str,
 ) -> tuple[jax.Array, KVCache]:  # next tokens [B], kv
-    hidden, kv = forward(
-        params, cfg, tokens, positions, attention, kv, lora, lora_batch, lora_backend
+    hidden, state = forward(
+        params, cfg, tokens, positions, attention, kv_state(kv), lora, lora_batch, lora_backend
     )
-    return sample(logits(params, hidden), sampling), kv
+    return sample(logits(params, hidden), sampling), commit_kv_state(state, attention.slot_mapping)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
