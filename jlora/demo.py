@@ -1,45 +1,68 @@
-"""``make demo``: the built-in tiny model scores a batch that mixes adapters (and no adapter).
+"""``make demo``: the seed's starvation experiment, scaled down to the tiny model on a CPU.
 
-It shows the multi-LoRA forward end to end on the CPU: three random adapters of different ranks
-share two device slots, every prompt gets its own adapter's logits, and scoring the prompts one at
-a time gives the same numbers as the mixed batch.
+Six adapters of mixed ranks compete for three device slots under Poisson arrivals, as in the seed
+(SGLang's LoRADrainer pull request). The same workload runs with the drainer off, with SGLang's
+drainer, and with our pausing policy; the side-by-side table shows the cold adapters' tail TTFT,
+and TensorBoard runs and PNG plots are written under ``runs/demo``.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
-import numpy as np
+from jlora.bench.cli import run_bench
+from jlora.bench.config import BenchConfig
+from jlora.config import EngineConfig
 
-from jlora import Engine, EngineConfig
+SETTINGS = (
+    "off",
+    "sglang:lora_drain_wait_threshold={threshold},lora_drain_policy=sglang",
+    "preempt:lora_drain_wait_threshold={threshold},lora_drain_policy=preempt",
+)
 
 
-def main() -> None:
-    config = EngineConfig(
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/demo", help="TensorBoard runs and plots go here")
+    parser.add_argument("--num-prompts", type=int, default=200)
+    parser.add_argument("--request-rate", type=float, default=20.0)
+    parser.add_argument("--threshold", type=float, default=0.25, help="drain wait threshold, s")
+    args = parser.parse_args(argv)
+    engine = EngineConfig(
         model="tiny",
         load_format="dummy",
         dtype="float32",
-        lora_paths={"a0": "dummy:8", "a1": "dummy:16", "a2": "dummy:4"},
-        max_loras_per_batch=2,
-        max_lora_rank=16,
+        lora_paths={f"adapter{i}": f"dummy:{r}" for i, r in enumerate((8, 16, 16, 32, 64, 8))},
+        max_loaded_loras=6,
+        max_loras_per_batch=3,
+        max_lora_rank=64,
+        context_length=512,
+        max_running_requests=32,
+        max_prefill_tokens=512,
+        decode_batch_buckets=(8, 32),
+        prefill_token_buckets=(128, 512),
+        kv_len_buckets=(128, 512),
+    )
+    bench = BenchConfig(
+        num_prompts=args.num_prompts,
+        request_rate=args.request_rate,
+        random_input_len=128,
+        random_output_len=256,
+        compare=tuple(s.format(threshold=args.threshold) for s in SETTINGS),
+        tensorboard_dir=f"{args.out}/tensorboard",
+        plot_dir=f"{args.out}/plots",
+        output_file=f"{args.out}/results.jsonl",
+    )
+    print(
+        "jlora demo: the seed's LoRA starvation, scaled to the tiny model on this CPU\n"
+        f"  6 adapters (ranks 8-64), 3 slots, {bench.num_prompts} requests at "
+        f"{bench.request_rate:g}/s, inputs in [1, 128], outputs in [1, 256]; drain threshold "
+        f"{args.threshold:g} s\n"
     )
     start = time.perf_counter()
-    engine = Engine(config)
-    rng = np.random.default_rng(0)
-    prompts = [rng.integers(3, config.model_config().vocab_size, n).tolist() for n in (12, 5, 9, 7)]
-    names = ["a0", None, "a1", "a2"]
-    mixed = engine.score(prompts, lora_name=names)
-    print(f"tiny model, adapters {dict(config.lora_paths)}, {config.max_loras_per_batch} slots")
-    print(
-        f"{'prompt':>6} {'adapter':>7} {'tokens':>6} {'next token':>10} {'max |mixed - alone|':>20}"
-    )
-    for i, (prompt, name, logits) in enumerate(zip(prompts, names, mixed, strict=True)):
-        alone = engine.score([prompt], lora_name=name)[0]
-        diff = float(np.abs(logits - alone).max())
-        print(
-            f"{i:>6} {name or '-':>7} {len(prompt):>6} {int(logits[-1].argmax()):>10} {diff:>20.2e}"
-        )
-    print(f"done in {time.perf_counter() - start:.1f} s")
+    run_bench(engine, bench)
+    print(f"\nplots: {bench.plot_dir}/*.png   ({time.perf_counter() - start:.0f} s in all)")
 
 
 if __name__ == "__main__":
