@@ -1,0 +1,151 @@
+"""The seed's experiment (SGLang PR #17913), reproduced with jlora.
+
+Llama-3.1-8B preset with dummy weights, bfloat16; six dummy adapters of ranks 8, 16, 16, 32, 64, 8
+on all seven modules; 200 prompts, input and output lengths uniform in [1, 512] (range ratio 0.0,
+as the seed's run); max loaded 6, per batch 3; Poisson arrivals at each ``--rates``; the drainer
+off, SGLang's drainer at the seed's 3 s, and each of our policies at ``--thresholds``.
+
+    PYTHONPATH=. python experiments/seed_repro.py --rates 4 8 \
+        --out experiments/results/seed_repro.md
+
+``--settings`` picks a subset (e.g. ``off sglang@3 preempt@0.5``); ``--backend sim`` runs the same
+workload through the simulator. Writes our table beside the seed's A100 table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+from jlora.bench.cli import run_bench
+from jlora.bench.config import BenchConfig
+from jlora.config import EngineConfig
+
+SEED_A100 = {  # the seed's own table: SGLang main vs the drainer PR at 3 s (A100, rate 4)
+    "mean_e2e_latency_ms": (12060.28, 8502.00),
+    "median_e2e_latency_ms": (7051.01, 8069.63),
+    "p90_e2e_latency_ms": (32927.73, 15974.35),
+    "p99_e2e_latency_ms": (45870.02, 19969.72),
+    "mean_ttft_ms": (7910.15, 4279.28),
+    "median_ttft_ms": (83.30, 3728.36),
+    "p99_ttft_ms": (39550.49, 12081.23),
+}
+ROWS = [
+    ("Mean E2E ms", "mean_e2e_latency_ms"),
+    ("Median E2E ms", "median_e2e_latency_ms"),
+    ("P90 E2E ms", "p90_e2e_latency_ms"),
+    ("P99 E2E ms", "p99_e2e_latency_ms"),
+    ("Mean TTFT ms", "mean_ttft_ms"),
+    ("Median TTFT ms", "median_ttft_ms"),
+    ("P99 TTFT ms", "p99_ttft_ms"),
+    ("Output tok/s", "output_throughput"),
+]
+RANKS = (8, 16, 16, 32, 64, 8)
+
+
+def all_settings(thresholds: list[float]) -> list[str]:
+    names = ["off", "sglang@3"]
+    for policy in ("sglang", "reserve", "preempt"):
+        names += [f"{policy}@{t:g}" for t in thresholds if not (policy == "sglang" and t == 3)]
+    return names
+
+
+def to_compare(name: str) -> str:
+    if name == "off":
+        return "off"
+    policy, _, threshold = name.partition("@")
+    return f"{name}:lora_drain_wait_threshold={threshold},lora_drain_policy={policy}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="llama-3.1-8b")
+    p.add_argument("--rates", type=float, nargs="+", default=[4.0, 8.0])
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 1.0, 3.0])
+    p.add_argument("--settings", nargs="+", default=None, help="subset, e.g. off sglang@3")
+    p.add_argument("--num-prompts", type=int, default=200)
+    p.add_argument("--backend", default="engine", choices=["engine", "sim"])
+    p.add_argument("--out", default=None, help="markdown results file")
+    p.add_argument("--json", default=None, help="also append the raw metrics here")
+    p.add_argument("--tensorboard-dir", default=None)
+    args = p.parse_args()
+    settings = args.settings or all_settings(args.thresholds)
+    engine = EngineConfig(
+        model=args.model,
+        load_format="dummy",
+        dtype="bfloat16",
+        lora_paths={f"adapter{i}": f"dummy:{r}" for i, r in enumerate(RANKS)},
+        max_loaded_loras=6,
+        max_loras_per_batch=3,
+        max_lora_rank=64,
+        context_length=1024,
+        max_running_requests=128,
+        max_prefill_tokens=2048,
+        decode_batch_buckets=(16, 64, 128),
+        prefill_token_buckets=(512, 2048),
+        kv_len_buckets=(1024,),
+    )
+    tables = {}
+    for rate in args.rates:
+        bench = BenchConfig(
+            backend=args.backend,
+            num_prompts=args.num_prompts,
+            request_rate=rate,
+            random_input_len=512,
+            random_output_len=512,
+            random_range_ratio=0.0,
+            compare=tuple(to_compare(s) for s in settings),
+            tensorboard_dir=None
+            if not args.tensorboard_dir
+            else f"{args.tensorboard_dir}/r{rate:g}",
+            disable_tqdm=True,
+        )
+        out = run_bench(engine, bench)
+        tables[rate] = out["metrics"]
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps({"rate": rate, "metrics": out["metrics"]}) + "\n")
+    text = render(args, settings, tables)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+def render(args, settings: list[str], tables: dict[float, dict]) -> str:
+    import jax
+
+    lines = [
+        "# The seed's experiment, reproduced",
+        "",
+        f"- date: {datetime.date.today().isoformat()}; device: {jax.devices()[0].device_kind}; "
+        f"jax {jax.__version__}; python {platform.python_version()}; backend: {args.backend}",
+        f"- workload: `{args.model}` preset, dummy weights, bfloat16; 6 dummy adapters of ranks "
+        f"{', '.join(map(str, RANKS))} on all seven modules; {args.num_prompts} prompts, input and "
+        "output lengths uniform in [1, 512]; max loaded 6, per batch 3",
+        f"- command: `PYTHONPATH=. python experiments/seed_repro.py {' '.join(sys.argv[1:])}`",
+        "",
+    ]
+    for rate, metrics in tables.items():
+        names = [s for s in settings if s in metrics]
+        lines += [f"## Rate {rate:g} req/s", ""]
+        head = "| Metric | seed main (A100, rate 4) | seed PR @3 s (A100) | " + " | ".join(names)
+        lines += [head + " |", "| --- |" + " ---: |" * (2 + len(names))]
+        for label, key in ROWS:
+            seed = SEED_A100.get(key, (float("nan"), float("nan")))
+            cells = []
+            for n in names:
+                v = metrics[n][key]
+                base = metrics[names[0]][key]
+                rel = f" ({v / base:.2f}x)" if n != names[0] and base else ""
+                cells.append(f"{v:.0f}{rel}" if key != "output_throughput" else f"{v:.0f}")
+            lines.append(f"| {label} | {seed[0]:.0f} | {seed[1]:.0f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
