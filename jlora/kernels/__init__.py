@@ -1,9 +1,22 @@
-"""LoRA math backends. ``xla`` is the reference; the Pallas kernels are added beside it."""
+"""Multi-LoRA kernels: one dispatcher, :func:`lora_group_delta`, over three implementations.
+
+- ``backend="xla"``: :func:`jlora.kernels.lora_xla.lora_group_ref`, the one-hot einsum reference
+  (what other JAX engines run); the CPU default.
+- ``backend="pallas"``: the Pallas kernels for the platform: :mod:`jlora.kernels.lora_gpu`
+  (Triton lowering) on GPU, :mod:`jlora.kernels.lora_tpu` (Mosaic TPU) on TPU; on CPU they run in
+  interpret mode (``platform`` picks which, default the GPU kernel), which is how they are tested.
+
+The model forward calls the dispatcher once per layer and module group (``qkv``, ``o``,
+``gate_up``, ``down``) with that group's slot buffers and the step's :class:`LoraBatch`, and adds
+the ``[T, O]`` delta to the group's base projection output.
+"""
 
 from __future__ import annotations
 
 import jax
 
+from jlora.kernels.lora_gpu import lora_group_gpu
+from jlora.kernels.lora_tpu import lora_group_tpu
 from jlora.kernels.lora_xla import lora_group_ref
 from jlora.kernels.types import (
     MODULE_GROUPS,
@@ -13,6 +26,7 @@ from jlora.kernels.types import (
     LoraGroup,
     make_lora_batch,
 )
+from jlora.kernels.validate import validate_group_inputs
 
 __all__ = [
     "MODULE_GROUPS",
@@ -24,17 +38,44 @@ __all__ = [
     "make_lora_batch",
 ]
 
+BACKENDS = ("xla", "pallas")
+
 
 def lora_group_delta(
     x: jax.Array,  # [T, d_in]
-    group: LoraGroup,
-    batch: LoraBatch,
-    out_sizes: tuple[int, ...],
+    group: LoraGroup,  # a [S, M, R, d_in], b [S, O, R], scale [S, M]
+    batch: LoraBatch,  # token_slot [T], slot_rank [S], segments [G]
+    out_sizes: tuple[int, ...],  # M sizes summing to O
     *,
     backend: str,
     interpret: bool | None = None,
-) -> jax.Array:  # [T, sum(out_sizes)]
-    """LoRA delta of one module group, by the chosen backend."""
+    platform: str | None = None,
+) -> jax.Array:  # [T, O], x.dtype
+    """LoRA delta ``y[t] = scale * (x[t] @ A_s.T) @ B_s.T`` of one module group, per token's slot.
+
+    Args:
+      backend: ``"xla"`` (one-hot einsum reference) or ``"pallas"`` (the platform's kernels).
+      interpret: run the Pallas kernels in interpret mode; ``None`` means "on CPU only".
+      platform: ``"gpu"`` or ``"tpu"``: whose Pallas kernel to run; ``None`` means the default
+        device's platform, and the GPU kernel on CPU.
+
+    The tokens of each slot must be contiguous in ``x`` (see :class:`LoraBatch`); tokens without an
+    adapter (``NO_SLOT``) may sit anywhere and get a zero delta. Works under ``jit``; the kernels
+    specialise on the static shapes (T, d_in, out_sizes, R, S, G), so pad T to a few buckets.
+    """
+    validate_group_inputs(x, group, batch, out_sizes)
+    out_sizes = tuple(int(o) for o in out_sizes)
     if backend == "xla":
         return lora_group_ref(x, group, batch, out_sizes)
-    raise ValueError(f"lora_backend={backend!r} is not available (known: 'xla')")
+    if backend != "pallas":
+        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
+    device_platform = jax.default_backend()
+    if platform is None:
+        platform = "tpu" if device_platform == "tpu" else "gpu"
+    if interpret is None:
+        interpret = device_platform == "cpu"
+    if platform == "gpu":
+        return lora_group_gpu(x, group, batch, out_sizes, interpret=interpret)
+    if platform == "tpu":
+        return lora_group_tpu(x, group, batch, out_sizes, interpret=interpret)
+    raise ValueError(f"platform={platform!r} is not 'gpu' or 'tpu'")
