@@ -83,9 +83,12 @@ def main() -> None:
         max_loras_per_batch=3,
         max_lora_rank=64,
         context_length=1024,
-        max_running_requests=128,
+        # The XLA paged attention gathers every layer's pages of the batch at once: bound the batch
+        # and the pool so the gather fits beside the weights.
+        max_running_requests=64,
+        max_total_tokens=65536,
         max_prefill_tokens=2048,
-        decode_batch_buckets=(16, 64, 128),
+        decode_batch_buckets=(16, 64),
         prefill_token_buckets=(512, 2048),
         kv_len_buckets=(1024,),
     )

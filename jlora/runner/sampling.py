@@ -40,6 +40,13 @@ class SamplingInputs:
 
 def sample(logits: jax.Array, s: SamplingInputs) -> jax.Array:  # [B, V] f32 -> [B] int32
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    # The sort over the vocabulary costs ~1.5 ms at batch 64 on an H100: skip it for greedy steps.
+    return jax.lax.cond(
+        jnp.any(s.temperature > 0), lambda: _sample_rows(logits, s, greedy), lambda: greedy
+    )
+
+
+def _sample_rows(logits: jax.Array, s: SamplingInputs, greedy: jax.Array) -> jax.Array:
     vocab = logits.shape[-1]
     scaled = logits / jnp.maximum(s.temperature, 1e-6)[:, None]
     sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]  # descending
