@@ -24,6 +24,12 @@ import jax.numpy as jnp
 
 from models.llama import dense_attention
 
+# _gather_after: every layer reads the cache as it was before the step, so nothing stops XLA from
+# hoisting all layers' page gathers to the start of the step and holding them at once. The H100
+# ran out of memory on a 12 GiB buffer of the decode step at batch 128 and 1024-token contexts,
+# which is about that; the cause is inferred, not yet confirmed on the GPU. Passing the page
+# indices through an optimization barrier with the layer's queries makes each gather wait for it.
+
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
@@ -39,9 +45,10 @@ class PrefillAttention:
         cache, ks, vs = state
         kc, vc = cache.k[layer], cache.v[layer]
         _, ps, h, d = kc.shape
+        q, prefix_pages = jax.lax.optimization_barrier((q, self.prefix_pages))  # see _gather_after
         num_prefix = self.prefix_pages.shape[0] * ps
-        pk = kc[self.prefix_pages].reshape(num_prefix, h, d)
-        pv = vc[self.prefix_pages].reshape(num_prefix, h, d)
+        pk = kc[prefix_pages].reshape(num_prefix, h, d)
+        pv = vc[prefix_pages].reshape(num_prefix, h, d)
         keys = jnp.concatenate([pk, k.astype(pk.dtype)], axis=0)
         values = jnp.concatenate([pv, v.astype(pv.dtype)], axis=0)
         prefix_pos = jnp.arange(num_prefix, dtype=jnp.int32)
@@ -71,8 +78,9 @@ class DecodeAttention:
         kc, vc = cache.k[layer], cache.v[layer]
         b, p = self.page_table.shape
         _, ps, h, d = kc.shape
-        keys = kc[self.page_table].reshape(b, p * ps, h, d)  # [B, C, Hkv, D], before this step
-        values = vc[self.page_table].reshape(b, p * ps, h, d)
+        q, page_table = jax.lax.optimization_barrier((q, self.page_table))  # see _gather_after
+        keys = kc[page_table].reshape(b, p * ps, h, d)  # [B, C, Hkv, D], before this step
+        values = vc[page_table].reshape(b, p * ps, h, d)
         hq = q.shape[1]
         qg = q.reshape(b, h, hq // h, d)
         scale = d**-0.5
