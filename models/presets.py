@@ -6,6 +6,8 @@ them with random weights (as SGLang and vLLM call it), which is what GPU benchma
 
 from __future__ import annotations
 
+import dataclasses
+
 from models.config import ModelConfig, RopeConfig
 
 _LLAMA31_ROPE = RopeConfig(
@@ -26,21 +28,6 @@ PRESETS: dict[str, ModelConfig] = {
         intermediate_size=14336,
         num_layers=32,
         num_heads=32,
-        num_kv_heads=8,
-        head_dim=128,
-        rms_norm_eps=1e-5,
-        rope=_LLAMA31_ROPE,
-        max_position_embeddings=131072,
-        bos_token_id=128000,
-        eos_token_ids=_LLAMA3_EOS,
-    ),
-    # meta-llama/Llama-3.1-70B(-Instruct)
-    "llama-3.1-70b": ModelConfig(
-        vocab_size=128256,
-        hidden_size=8192,
-        intermediate_size=28672,
-        num_layers=80,
-        num_heads=64,
         num_kv_heads=8,
         head_dim=128,
         rms_norm_eps=1e-5,
@@ -95,6 +82,16 @@ PRESETS: dict[str, ModelConfig] = {
         eos_token_ids=(2,),
     ),
 }
+
+
+# meta-llama/Llama-3.1-70B(-Instruct): the 8B's vocabulary, RoPE and head width, scaled up.
+PRESETS["llama-3.1-70b"] = dataclasses.replace(
+    PRESETS["llama-3.1-8b"],
+    hidden_size=8192,
+    intermediate_size=28672,
+    num_layers=80,
+    num_heads=64,
+)
 
 
 def get_preset(name: str) -> ModelConfig:
