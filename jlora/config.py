@@ -59,6 +59,10 @@ class EngineConfig:
     and resumed when a slot is theirs again). See :mod:`jlora.scheduler.policies`."""
     random_seed: int = 0
     """Seed of dummy weights, dummy adapters and of requests that set no sampling seed."""
+    tp_size: int = 1
+    """Tensor parallelism: the weights, the LoRA slots and the KV cache are split over this many
+    devices (Megatron-style; see :mod:`jlora.tensor_parallel`). The model's KV heads, heads and
+    MLP width must divide by it; with several processes it must span every device."""
 
     # KV cache and batching
     context_length: int | None = None
@@ -98,6 +102,7 @@ class EngineConfig:
         _choice("lora_backend", self.lora_backend, LORA_BACKENDS)
         _positive_int("max_loras_per_batch", self.max_loras_per_batch)
         _positive_int("max_lora_rank", self.max_lora_rank)
+        _positive_int("tp_size", self.tp_size)
         _choice("lora_eviction_policy", self.lora_eviction_policy, ("lru", "fifo"))
         _choice("lora_drain_policy", self.lora_drain_policy, DRAIN_POLICIES)
         t = self.lora_drain_wait_threshold

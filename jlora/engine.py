@@ -28,8 +28,9 @@ from jlora.adapters.dummy import parse_dummy_spec, random_adapter
 from jlora.adapters.peft import LoraAdapter, load_peft_adapter
 from jlora.adapters.pool import AdapterPool
 from jlora.adapters.slots import SlotBuffers
-from jlora.clock import Clock, RealClock
+from jlora.clock import Clock
 from jlora.config import EngineConfig
+from jlora.distributed import engine_clock
 from jlora.kernels.types import NO_SLOT
 from jlora.runner.base import DecodeSeq, PrefillSeq, Runner
 from jlora.runner.buckets import ShapeBuckets, geometric
@@ -38,6 +39,7 @@ from jlora.sampling import SamplingParams
 from jlora.scheduler.policies import make_policy
 from jlora.scheduler.request import Request, RequestOutput, Status, StreamEvent
 from jlora.scheduler.scheduler import Policy, Scheduler, SchedulerConfig, SchedulerState
+from jlora.tensor_parallel import check_tp, make_mesh
 from models.config import ModelConfig
 from models.weights import DTYPES, init_dummy_weights, load_hf_weights
 
@@ -62,11 +64,12 @@ def make_buckets(config: EngineConfig, model: ModelConfig) -> ShapeBuckets:
 def kv_capacity_pages(config: EngineConfig, model: ModelConfig, context: int) -> int:
     """Pages of KV cache: from ``max_total_tokens``, or as SGLang sizes its pool: the weights, the
     adapter slots and the KV cache together take ``mem_fraction_static`` of the device's memory
-    pool, the rest is left for activations (call after the weights are on the device)."""
+    pool, the rest is left for activations (call after the weights are on the device). Under
+    tensor parallelism a page takes ``1 / tp_size`` of its bytes on each device (its KV heads)."""
     if config.max_total_tokens is not None:
         return -(-config.max_total_tokens // config.page_size) + 1
-    per_page = kv_bytes_per_page(model, config.page_size, DTYPES[config.dtype])
-    stats = jax.devices()[0].memory_stats() or {}
+    per_page = kv_bytes_per_page(model, config.page_size, DTYPES[config.dtype]) // config.tp_size
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
         budget = stats["bytes_limit"] * config.mem_fraction_static - stats.get("bytes_in_use", 0)
         pages = int(budget) // per_page
@@ -95,16 +98,24 @@ class Engine:
         self.config = config
         self.model_config: ModelConfig = config.model_config()
         self.context_length = config.resolved_context_length(self.model_config)
-        self.clock: Clock = clock or RealClock()
+        self.clock: Clock = engine_clock(clock)  # synced across processes when there are several
         self.buckets = make_buckets(config, self.model_config)
+        check_tp(self.model_config, config.tp_size)
         if runner is None:
+            mesh = make_mesh(config.tp_size) if config.tp_size > 1 else None
             # Weights and slot buffers first: the KV cache takes what memory they leave.
             if config.uses_files:
-                params = load_hf_weights(config.model, self.model_config, config.dtype)
+                params = load_hf_weights(config.model, self.model_config, config.dtype, mesh)
             else:
-                params = init_dummy_weights(self.model_config, config.dtype, config.random_seed)
+                params = init_dummy_weights(
+                    self.model_config, config.dtype, config.random_seed, mesh
+                )
             slots = SlotBuffers(
-                self.model_config, config.max_loras_per_batch, config.max_lora_rank, config.dtype
+                self.model_config,
+                config.max_loras_per_batch,
+                config.max_lora_rank,
+                config.dtype,
+                mesh,
             )
         num_pages = kv_capacity_pages(config, self.model_config, self.context_length)
         self.pages = PagePool(num_pages, config.page_size)
@@ -139,6 +150,7 @@ class Engine:
                 num_pages,
                 config.page_size,
                 config.lora_backend,
+                mesh,
             )
             if config.warmup:
                 runner.warmup()
@@ -437,7 +449,9 @@ class Engine:
     def _score_batch(self, batch, ids, names, busy, results) -> None:
         if not batch:
             return
-        for name in {names[i] for i in batch} - {None}:
+        # In order of first use, not a set's: string hashes differ between processes, and every
+        # process of a multi-process engine must load the same adapter into the same slot.
+        for name in dict.fromkeys(names[i] for i in batch if names[i] is not None):
             taken = self.adapters.take_slot(name, busy | {names[i] for i in batch} - {None, name})
             if taken is None:
                 raise ValueError(

@@ -14,6 +14,16 @@ Shapes: ``T`` tokens, ``d`` hidden size, ``Hq``/``Hkv`` query/key-value heads of
 ``V`` vocabulary, ``I`` MLP width. Weights are stored ``[in, out]`` (the transpose of torch's), and
 the projections that read the same input are fused (q|k|v, gate|up), as the LoRA groups are: one
 matmul each, and the LoRA delta of the group adds onto its output directly.
+
+**Tensor parallel.** Under ``tp`` shards the same function runs once per shard (inside
+``shard_map``, see :mod:`jlora.tensor_parallel`) on that shard's slices and a per-shard config
+(``Hq/tp`` heads, ``Hkv/tp`` KV heads, ``I/tp`` MLP width), with ``tp_axis`` naming the mesh axis.
+The fused fields are stored *per shard* (:func:`fused_column_order`): shard ``j``'s columns of
+``w_qkv`` are its q heads, then its k heads, then its v heads, so an even split of the output dim
+hands each shard a plain fused layout of its own heads and the code below splits it unchanged.
+Column-parallel projections (q|k|v, gate|up) need no communication; the row-parallel ones (o,
+down) read the shard's slice of their input and produce partial sums, which are all-reduced once
+per module, LoRA delta included.
 """
 
 from __future__ import annotations
@@ -54,6 +64,8 @@ class LlamaParams:
     final_norm: jax.Array  # [d]
     lm_head: jax.Array | None  # [d, V]
 
+
+TP_AXIS = "tp"  # the mesh axis tensor parallelism splits over
 
 # Per layer, the slot buffers of each module group ("qkv", "o", "gate_up", "down").
 LoraLayers = tuple[dict[str, LoraGroup], ...]
@@ -139,6 +151,25 @@ def _linear(x: jax.Array, w: jax.Array, bias: jax.Array | None = None) -> jax.Ar
     return y.astype(x.dtype)
 
 
+def fused_column_order(sizes: tuple[int, ...], tp: int) -> np.ndarray:  # [sum(sizes)] int
+    """Column order of a fused projection stored for ``tp`` shards.
+
+    Stored column ``c`` holds column ``order[c]`` of the plain concatenation ``m0 | m1 | ...`` of
+    the modules of sizes ``sizes``: shard ``j``'s block is ``m0[j] | m1[j] | ...``, each module's
+    ``j``-th of ``tp`` even slices. ``tp == 1`` is the identity (the layout without parallelism).
+    """
+    if any(s % tp for s in sizes):
+        raise ValueError(f"fused sizes {sizes} are not all divisible by tp={tp}")
+    offsets = np.cumsum((0, *sizes[:-1]))
+    return np.concatenate(
+        [
+            np.arange(off + j * (s // tp), off + (j + 1) * (s // tp))
+            for j in range(tp)
+            for off, s in zip(offsets, sizes, strict=True)
+        ]
+    )
+
+
 def forward(
     params: LlamaParams,
     cfg: ModelConfig,
@@ -149,8 +180,13 @@ def forward(
     lora: LoraLayers | None = None,
     lora_batch: LoraBatch | None = None,
     lora_backend: str = "xla",
+    tp_axis: str | None = None,
 ) -> tuple[jax.Array, object]:  # hidden [T, d] (final-normed), new kv_state
-    """Run the decoder over one step's tokens. Call :func:`logits` on the rows you need."""
+    """Run the decoder over one step's tokens. Call :func:`logits` on the rows you need.
+
+    ``tp_axis``: the mesh axis when this runs as one tensor-parallel shard (``cfg`` then is the
+    shard's config and the params, LoRA buffers and KV state the shard's slices); None otherwise.
+    """
     inv_freq = cfg.rope.inv_freq(cfg.head_dim)
     t = tokens.shape[0]
     h = params.embed[tokens]  # [T, d]
@@ -160,6 +196,19 @@ def forward(
             return y
         delta = lora_group_delta(x, lora[layer][group], lora_batch, sizes, backend=lora_backend)
         return y + delta
+
+    def row_parallel(x: jax.Array, w: jax.Array, bias, layer: int, group: str) -> jax.Array:
+        sizes = (cfg.hidden_size,)
+        if tp_axis is None:
+            return add_lora(_linear(x, w, bias), x, layer, group, sizes)
+        # The shard holds a slice of the input dim, so its matmul and its LoRA shrink are partial
+        # sums: expand the partial shrink with the whole (replicated) B, add it to the partial
+        # matmul and all-reduce once, in the activations' dtype (as Megatron does). The bias goes
+        # in once, after the reduction.
+        y = jax.lax.psum(add_lora(_linear(x, w), x, layer, group, sizes), tp_axis)
+        if bias is None:
+            return y
+        return (y.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
 
     qkv_sizes = (cfg.q_size, cfg.kv_size, cfg.kv_size)
     for i, lp in enumerate(params.layers):
@@ -171,21 +220,31 @@ def forward(
         v = v.reshape(t, cfg.num_kv_heads, cfg.head_dim)
         attn, kv_state = attention(i, q, k, v, kv_state)
         attn = attn.reshape(t, cfg.q_size)
-        o = add_lora(_linear(attn, lp.w_o, lp.b_o), attn, i, "o", (cfg.hidden_size,))
+        o = row_parallel(attn, lp.w_o, lp.b_o, i, "o")
         h = h + o
 
         x = rms_norm(h, lp.post_attn_norm, cfg.rms_norm_eps)
         gate_up = add_lora(_linear(x, lp.w_gate_up), x, i, "gate_up", (cfg.intermediate_size,) * 2)
         gate, up = jnp.split(gate_up, 2, axis=-1)
         act = (jax.nn.silu(gate.astype(jnp.float32)) * up.astype(jnp.float32)).astype(h.dtype)
-        down = add_lora(_linear(act, lp.w_down), act, i, "down", (cfg.hidden_size,))
+        down = row_parallel(act, lp.w_down, None, i, "down")
         h = h + down
 
     return rms_norm(h, params.final_norm, cfg.rms_norm_eps), kv_state
 
 
-def logits(params: LlamaParams, hidden: jax.Array) -> jax.Array:  # hidden [N, d] -> [N, V] f32
-    """Next-token logits (float32) of final-normed hidden rows."""
+def logits(
+    params: LlamaParams, hidden: jax.Array, tp_axis: str | None = None
+) -> jax.Array:  # hidden [N, d] -> [N, V] f32
+    """Next-token logits (float32) of final-normed hidden rows.
+
+    As a tensor-parallel shard (``tp_axis``), an untied ``lm_head`` holds the shard's slice of the
+    vocabulary: its logits are all-gathered so that every shard samples from the whole row. A tied
+    head reads the embedding, which is replicated.
+    """
     if params.lm_head is None:
         return jnp.einsum("nd,vd->nv", hidden, params.embed, preferred_element_type=jnp.float32)
-    return jnp.dot(hidden, params.lm_head, preferred_element_type=jnp.float32)
+    out = jnp.dot(hidden, params.lm_head, preferred_element_type=jnp.float32)
+    if tp_axis is None:
+        return out
+    return jax.lax.all_gather(out, tp_axis, axis=1, tiled=True)

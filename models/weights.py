@@ -4,6 +4,10 @@ Every tensor a checkpoint may hold is one row of :data:`LAYER_TABLE` / :data:`TO
 name, the field of :class:`~models.llama.LlamaParams` it lands in, its expected HF shape, and for
 the fused projections (q|k|v, gate|up) the column offset inside the fused field. Loading walks
 the table, checks every shape, and refuses missing or unexpected tensors by name.
+
+Given a device mesh, every field is placed split over its ``tp`` axis as :data:`FIELD_SHARDING`
+says, and the fused fields are first laid out per shard (:func:`models.llama.fused_column_order`;
+the table's offsets are those of the plain layout, ``tp = 1``).
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from safetensors import safe_open
 
 from models.config import ModelConfig
-from models.llama import LayerParams, LlamaParams
+from models.llama import TP_AXIS, LayerParams, LlamaParams, fused_column_order
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
@@ -129,6 +135,30 @@ FIELD_SHAPES: dict[str, Shape] = {
 }
 NORM_FIELDS = ("input_norm", "post_attn_norm", "final_norm")
 
+# How each field is split over the mesh's tensor-parallel axis (Megatron; see
+# jlora.tensor_parallel): column-parallel projections on their output dim, row-parallel ones on
+# their input dim, the untied head on the vocabulary; norms, the embedding and the row-parallel
+# bias (added after the all-reduce) replicated.
+FIELD_SHARDING: dict[str, P] = {
+    "input_norm": P(),
+    "w_qkv": P(None, TP_AXIS),
+    "b_qkv": P(TP_AXIS),
+    "w_o": P(TP_AXIS, None),
+    "b_o": P(),
+    "post_attn_norm": P(),
+    "w_gate_up": P(None, TP_AXIS),
+    "w_down": P(TP_AXIS, None),
+    "embed": P(),
+    "final_norm": P(),
+    "lm_head": P(None, TP_AXIS),
+}
+# Module sizes of the fused fields, on the output dim: laid out per shard under tensor parallelism.
+FUSED_SIZES: dict[str, Callable[[ModelConfig], tuple[int, ...]]] = {
+    "w_qkv": lambda c: (c.q_size, c.kv_size, c.kv_size),
+    "b_qkv": lambda c: (c.q_size, c.kv_size, c.kv_size),
+    "w_gate_up": lambda c: (c.intermediate_size, c.intermediate_size),
+}
+
 # Tensors some checkpoints carry that the forward recomputes.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -176,8 +206,26 @@ def _expected_names(cfg: ModelConfig) -> dict[str, tuple[WeightRow, int | None]]
     return rows
 
 
-def load_hf_weights(model_dir: str | Path, cfg: ModelConfig, dtype: str) -> LlamaParams:
-    """Read a safetensors checkpoint (single file or sharded) into device params of ``dtype``."""
+def tp_size(mesh: Mesh | None) -> int:
+    return 1 if mesh is None else mesh.shape[TP_AXIS]
+
+
+def field_sharding(field: str, mesh: Mesh | None) -> NamedSharding | None:
+    return None if mesh is None else NamedSharding(mesh, FIELD_SHARDING[field])
+
+
+def _fused(field: str, cfg: ModelConfig, mesh: Mesh | None) -> tuple | None:
+    """``(sizes, tp)`` of a fused field that must be laid out per shard, else None."""
+    if field not in FUSED_SIZES or tp_size(mesh) == 1:
+        return None
+    return FUSED_SIZES[field](cfg), tp_size(mesh)
+
+
+def load_hf_weights(
+    model_dir: str | Path, cfg: ModelConfig, dtype: str, mesh: Mesh | None = None
+) -> LlamaParams:
+    """Read a safetensors checkpoint (single file or sharded) into device params of ``dtype``,
+    split over ``mesh`` (see :data:`FIELD_SHARDING`) when one is given."""
     model_dir = Path(model_dir)
     np_dtype = DTYPES[dtype]
     where = _tensor_index(_checkpoint_files(model_dir))
@@ -217,25 +265,46 @@ def load_hf_weights(model_dir: str | Path, cfg: ModelConfig, dtype: str) -> Llam
                     fields[row.field] = np.zeros(FIELD_SHAPES[row.field](cfg), np_dtype)
                 off = row.offset(cfg)
                 fields[row.field][..., off : off + value.shape[-1]] = value.astype(np_dtype)
-    return _to_params(top, layers, cfg)
+    return _to_params(top, layers, cfg, mesh)
 
 
-def _to_params(
-    top: dict[str, np.ndarray], layers: list[dict[str, np.ndarray]], cfg: ModelConfig
-) -> LlamaParams:
-    return LlamaParams(
-        embed=jnp.asarray(top["embed"]),
-        layers=tuple(LayerParams(**{k: jnp.asarray(v) for k, v in lp.items()}) for lp in layers),
-        final_norm=jnp.asarray(top["final_norm"]),
-        lm_head=None if cfg.tie_word_embeddings else jnp.asarray(top["lm_head"]),
+def _place(field: str, value: np.ndarray, cfg: ModelConfig, mesh: Mesh | None) -> jax.Array:
+    if mesh is None:
+        return jnp.asarray(value)
+    fused = _fused(field, cfg, mesh)
+    if fused is not None:
+        value = value[..., fused_column_order(*fused)]
+    # Each device receives only its slice (as jlora.tensor_parallel.put_host).
+    return jax.make_array_from_callback(
+        value.shape, field_sharding(field, mesh), lambda index: value[index]
     )
 
 
-def init_dummy_weights(cfg: ModelConfig, dtype: str, seed: int = 0) -> LlamaParams:
+def _to_params(
+    top: dict[str, np.ndarray],
+    layers: list[dict[str, np.ndarray]],
+    cfg: ModelConfig,
+    mesh: Mesh | None,
+) -> LlamaParams:
+    return LlamaParams(
+        embed=_place("embed", top["embed"], cfg, mesh),
+        layers=tuple(
+            LayerParams(**{k: _place(k, v, cfg, mesh) for k, v in lp.items()}) for lp in layers
+        ),
+        final_norm=_place("final_norm", top["final_norm"], cfg, mesh),
+        lm_head=None if cfg.tie_word_embeddings else _place("lm_head", top["lm_head"], cfg, mesh),
+    )
+
+
+def init_dummy_weights(
+    cfg: ModelConfig, dtype: str, seed: int = 0, mesh: Mesh | None = None
+) -> LlamaParams:
     """Random weights of the right shapes, made on the device (``load_format="dummy"``).
 
     Linear weights and embeddings are normal with std 0.02 (transformers' ``initializer_range``),
-    norms are ones and biases small, so activations stay in range through every layer.
+    norms are ones and biases small, so activations stay in range through every layer. With a
+    ``mesh`` each field is made split over it, so a model too large for one device is never whole
+    on one; the values are those made without a mesh (the same model, laid out per shard).
     """
     jdtype = jnp.dtype(DTYPES[dtype])
     key = jax.random.key(seed)
@@ -243,9 +312,18 @@ def init_dummy_weights(cfg: ModelConfig, dtype: str, seed: int = 0) -> LlamaPara
     def make(field: str, index: int) -> jax.Array:
         shape = FIELD_SHAPES[field](cfg)
         if field in NORM_FIELDS:
-            return jnp.ones(shape, jdtype)
+            if mesh is None:
+                return jnp.ones(shape, jdtype)
+            return _place(field, np.ones(shape, DTYPES[dtype]), cfg, mesh)
         scale = 0.002 if field.startswith("b_") else 0.02
-        return _normal(jax.random.fold_in(key, index), shape, jdtype, scale)
+        return _normal(
+            jax.random.fold_in(key, index),
+            shape,
+            jdtype,
+            scale,
+            _fused(field, cfg, mesh),
+            field_sharding(field, mesh),
+        )
 
     fields_per_layer = ["input_norm", "w_qkv", "w_o", "post_attn_norm", "w_gate_up", "w_down"]
     if cfg.qkv_bias:
@@ -264,6 +342,18 @@ def init_dummy_weights(cfg: ModelConfig, dtype: str, seed: int = 0) -> LlamaPara
     )
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "dtype", "scale"))
-def _normal(key: jax.Array, shape: tuple[int, ...], dtype, scale: float) -> jax.Array:
-    return (scale * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "scale", "fused", "sharding"))
+def _normal(
+    key: jax.Array,
+    shape: tuple[int, ...],
+    dtype,
+    scale: float,
+    fused: tuple | None = None,  # (sizes, tp): lay the columns out per shard
+    sharding: NamedSharding | None = None,
+) -> jax.Array:
+    x = (scale * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+    if fused is not None:
+        x = x[..., fused_column_order(*fused)]
+    if sharding is not None:
+        x = jax.lax.with_sharding_constraint(x, sharding)
+    return x

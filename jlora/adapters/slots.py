@@ -3,6 +3,11 @@
 Per layer and module group (qkv, o, gate_up, down) one :class:`~jlora.kernels.LoraGroup` stacked
 over the slots. Putting an adapter into a slot is a jitted update of only that slot, with the
 buffers donated, so it costs the adapter's bytes, not the pool's, and happens between steps.
+
+Under tensor parallelism (a ``mesh``) the buffers are split as the base projections they add to
+(:data:`GROUP_SHARDING`, see :mod:`jlora.tensor_parallel`): the column-parallel groups' ``b`` on
+its output dim, laid out per shard like the fused base weights; the row-parallel groups' ``a`` on
+its input dim.
 """
 
 from __future__ import annotations
@@ -12,12 +17,30 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jlora.adapters.peft import LoraAdapter
 from jlora.kernels.types import MODULE_GROUPS, LoraGroup
+from jlora.tensor_parallel import put_host, sharded_zeros
 from models.config import ModelConfig
-from models.llama import LoraLayers
+from models.llama import TP_AXIS, LoraLayers, fused_column_order
 from models.weights import DTYPES
+
+_COLUMN = LoraGroup(a=P(), b=P(None, TP_AXIS, None), scale=P())  # B split on the output dim
+_ROW = LoraGroup(a=P(None, None, None, TP_AXIS), b=P(), scale=P())  # A split on the input dim
+# How each group's buffers [S, ...] are split over the tensor-parallel axis.
+GROUP_SHARDING: dict[str, LoraGroup] = {
+    "qkv": _COLUMN,
+    "o": _ROW,
+    "gate_up": _COLUMN,
+    "down": _ROW,
+}
+
+
+def lora_specs(num_layers: int) -> LoraLayers:
+    """The PartitionSpecs of a :class:`SlotBuffers`' ``layers`` (a pytree of the same structure)."""
+    return tuple(dict(GROUP_SHARDING) for _ in range(num_layers))
 
 
 def group_out_sizes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -31,11 +54,13 @@ def _group_in_size(cfg: ModelConfig, group: str) -> int:
 
 
 def adapter_to_groups(
-    adapter: LoraAdapter | None, cfg: ModelConfig, max_rank: int, dtype: str
+    adapter: LoraAdapter | None, cfg: ModelConfig, max_rank: int, dtype: str, tp: int = 1
 ) -> list[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """One slot's worth of host arrays: per layer, per group ``(a [M,R,in], b [O,R], scale [M])``.
 
     ``None`` gives zeros (an empty slot); modules the adapter does not target stay zero, scale 0.
+    With ``tp`` shards the column-parallel groups' ``b`` rows are laid out per shard
+    (:func:`models.llama.fused_column_order`), as the base weights they add to.
     """
     np_dtype = DTYPES[dtype]
     out_sizes = group_out_sizes(cfg)
@@ -55,6 +80,8 @@ def adapter_to_groups(
                     b[off : off + size, : lm.rank] = lm.b
                     scale[m] = lm.scale
                 off += size
+            if tp > 1 and GROUP_SHARDING[group] is _COLUMN:
+                b = b[fused_column_order(out_sizes[group], tp)]
             groups[group] = (a, b, scale)
         layers.append(groups)
     return layers
@@ -67,19 +94,31 @@ def _write_slot(buffers: LoraLayers, slot: jax.Array, values: LoraLayers) -> Lor
 
 
 class SlotBuffers:
-    """The device LoRA buffers and which adapter each slot holds (host-side bookkeeping)."""
+    """The device LoRA buffers and which adapter each slot holds (host-side bookkeeping).
 
-    def __init__(self, cfg: ModelConfig, num_slots: int, max_rank: int, dtype: str):
+    With a ``mesh`` the buffers are split over its tensor-parallel axis (:data:`GROUP_SHARDING`).
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, num_slots: int, max_rank: int, dtype: str, mesh: Mesh | None = None
+    ):
         self.cfg, self.num_slots, self.max_rank, self.dtype = cfg, num_slots, max_rank, dtype
+        self.mesh = mesh
+        self.tp = 1 if mesh is None else mesh.shape[TP_AXIS]
         jdtype = jnp.dtype(DTYPES[dtype])
         out_sizes = group_out_sizes(cfg)
 
+        def zeros(shape, dtype, spec):
+            if mesh is None:
+                return jnp.zeros(shape, dtype)
+            return sharded_zeros(shape, dtype, NamedSharding(mesh, spec))
+
         def empty_group(group: str) -> LoraGroup:
-            m = len(MODULE_GROUPS[group])
+            m, spec = len(MODULE_GROUPS[group]), GROUP_SHARDING[group]
             return LoraGroup(
-                a=jnp.zeros((num_slots, m, max_rank, _group_in_size(cfg, group)), jdtype),
-                b=jnp.zeros((num_slots, sum(out_sizes[group]), max_rank), jdtype),
-                scale=jnp.zeros((num_slots, m), jnp.float32),
+                a=zeros((num_slots, m, max_rank, _group_in_size(cfg, group)), jdtype, spec.a),
+                b=zeros((num_slots, sum(out_sizes[group]), max_rank), jdtype, spec.b),
+                scale=zeros((num_slots, m), jnp.float32, spec.scale),
             )
 
         self.layers: LoraLayers = tuple(
@@ -92,10 +131,17 @@ class SlotBuffers:
         """Load ``adapter`` (or zeros for None) into device slot ``slot``."""
         if not 0 <= slot < self.num_slots:
             raise ValueError(f"slot={slot} outside [0, {self.num_slots})")
-        host = adapter_to_groups(adapter, self.cfg, self.max_rank, self.dtype)
+        host = adapter_to_groups(adapter, self.cfg, self.max_rank, self.dtype, self.tp)
         values = tuple(
             {g: LoraGroup(a=a, b=b, scale=s) for g, (a, b, s) in layer.items()} for layer in host
         )
+        if self.mesh is not None:  # each device receives only its shard of the slot
+            mesh = self.mesh
+            values = jax.tree.map(
+                lambda v, spec: put_host(v, NamedSharding(mesh, P(*spec[1:]))),
+                values,
+                lora_specs(self.cfg.num_layers),
+            )
         self.layers = _write_slot(self.layers, jnp.int32(slot), values)
         self.slot_rank[slot] = 0 if adapter is None else adapter.rank
         self.occupant[slot] = None if adapter is None else adapter.name

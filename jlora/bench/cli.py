@@ -171,7 +171,10 @@ def _write_outputs(bench, name, cfg, metrics, adapters, result) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from jlora.distributed import initialize_from_env
+
     args = build_parser().parse_args(argv)
+    initialize_from_env()  # several processes when JAX_COORDINATOR_ADDRESS is set
     config = dataclass_from_args(EngineConfig, args)
     bench = dataclass_from_args(BenchConfig, args)
     run_bench(config, bench)

@@ -4,6 +4,10 @@ Every step is padded to a shape bucket (:class:`~jlora.runner.buckets.ShapeBucke
 buckets are compiled by :meth:`ModelRunner.warmup`. Sequences are laid out grouped by adapter slot
 (no-adapter ones last), which is the layout the LoRA kernels read. The KV cache is donated to each
 step, and the LoRA slot buffers to their one-slot update.
+
+Under tensor parallelism (``mesh``, static) each step's body runs once per shard
+(:func:`jlora.tensor_parallel.per_shard`) over the shard's slices of the weights, LoRA buffers and
+KV cache; the host inputs (tokens, routing, sampling) are replicated and so is the sampled token.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jlora.adapters.peft import LoraAdapter
-from jlora.adapters.slots import SlotBuffers
+from jlora.adapters.slots import SlotBuffers, lora_specs
+from jlora.distributed import assert_same_everywhere
 from jlora.kernels.types import NO_SLOT, LoraBatch, make_lora_batch
 from jlora.runner.attention import DecodeAttention, PrefillAttention
 from jlora.runner.base import DecodeSeq, PrefillSeq
@@ -28,10 +35,19 @@ from jlora.runner.kv_cache import (
     kv_state,
 )
 from jlora.runner.sampling import SamplingInputs, sample
+from jlora.tensor_parallel import KV_SHARDING, TP_AXIS, local_config, param_specs, per_shard
 from models.config import ModelConfig
 from models.llama import LlamaParams, LoraLayers, SegmentAttention, forward, logits
 
-_STATIC = ("cfg", "lora_backend")
+_STATIC = ("cfg", "lora_backend", "mesh")
+_KV_SPECS = KVCache(k=KV_SHARDING, v=KV_SHARDING)
+
+
+def _shard(cfg: ModelConfig, mesh: Mesh | None) -> tuple[ModelConfig, str | None]:
+    """The config and the axis name one shard's forward runs with."""
+    if mesh is None:
+        return cfg, None
+    return local_config(cfg, mesh.shape[TP_AXIS]), TP_AXIS
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("kv",))
@@ -46,20 +62,29 @@ def prefill_step(
     sampling: SamplingInputs,  # [R]
     cfg: ModelConfig,
     lora_backend: str,
+    mesh: Mesh | None = None,
 ) -> tuple[jax.Array, KVCache]:  # next tokens [R], kv
-    hidden, state = forward(
-        params,
-        cfg,
-        tokens,
-        attention.positions,
-        attention,
-        kv_state(kv),
-        lora,
-        lora_batch,
-        lora_backend,
-    )
-    return sample(logits(params, hidden[last_index]), sampling), commit_kv_state(
-        state, attention.slot_mapping
+    shard_cfg, tp_axis = _shard(cfg, mesh)
+
+    def body(params, lora, kv, tokens, attention, lora_batch, last_index, sampling):
+        hidden, state = forward(
+            params,
+            shard_cfg,
+            tokens,
+            attention.positions,
+            attention,
+            kv_state(kv),
+            lora,
+            lora_batch,
+            lora_backend,
+            tp_axis,
+        )
+        next_tokens = sample(logits(params, hidden[last_index], tp_axis), sampling)
+        return next_tokens, commit_kv_state(state, attention.slot_mapping)
+
+    specs = (param_specs(params), lora_specs(cfg.num_layers), _KV_SPECS) + (P(),) * 5
+    return per_shard(body, mesh, specs, (P(), _KV_SPECS))(
+        params, lora, kv, tokens, attention, lora_batch, last_index, sampling
     )
 
 
@@ -75,11 +100,30 @@ def decode_step(
     sampling: SamplingInputs,  # [B]
     cfg: ModelConfig,
     lora_backend: str,
+    mesh: Mesh | None = None,
 ) -> tuple[jax.Array, KVCache]:  # next tokens [B], kv
-    hidden, state = forward(
-        params, cfg, tokens, positions, attention, kv_state(kv), lora, lora_batch, lora_backend
+    shard_cfg, tp_axis = _shard(cfg, mesh)
+
+    def body(params, lora, kv, tokens, positions, attention, lora_batch, sampling):
+        hidden, state = forward(
+            params,
+            shard_cfg,
+            tokens,
+            positions,
+            attention,
+            kv_state(kv),
+            lora,
+            lora_batch,
+            lora_backend,
+            tp_axis,
+        )
+        next_tokens = sample(logits(params, hidden, tp_axis), sampling)
+        return next_tokens, commit_kv_state(state, attention.slot_mapping)
+
+    specs = (param_specs(params), lora_specs(cfg.num_layers), _KV_SPECS) + (P(),) * 5
+    return per_shard(body, mesh, specs, (P(), _KV_SPECS))(
+        params, lora, kv, tokens, positions, attention, lora_batch, sampling
     )
-    return sample(logits(params, hidden), sampling), commit_kv_state(state, attention.slot_mapping)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -92,12 +136,28 @@ def score_step(
     lora_batch: LoraBatch,
     cfg: ModelConfig,
     lora_backend: str,
+    mesh: Mesh | None = None,
 ) -> jax.Array:  # [T, V] float32
-    attention = SegmentAttention(seq_ids=seq_ids, positions=positions)
-    hidden, _ = forward(
-        params, cfg, tokens, positions, attention, None, lora, lora_batch, lora_backend
-    )
-    return logits(params, hidden)
+    shard_cfg, tp_axis = _shard(cfg, mesh)
+
+    def body(params, lora, tokens, positions, seq_ids, lora_batch):
+        attention = SegmentAttention(seq_ids=seq_ids, positions=positions)
+        hidden, _ = forward(
+            params,
+            shard_cfg,
+            tokens,
+            positions,
+            attention,
+            None,
+            lora,
+            lora_batch,
+            lora_backend,
+            tp_axis,
+        )
+        return logits(params, hidden, tp_axis)
+
+    specs = (param_specs(params), lora_specs(cfg.num_layers)) + (P(),) * 4
+    return per_shard(body, mesh, specs, P())(params, lora, tokens, positions, seq_ids, lora_batch)
 
 
 def _slot_order(slots: list[int]) -> list[int]:
@@ -106,7 +166,11 @@ def _slot_order(slots: list[int]) -> list[int]:
 
 
 class ModelRunner:
-    """Runs the model on the device. Owns the params, the KV cache and the LoRA slot buffers."""
+    """Runs the model on the device. Owns the params, the KV cache and the LoRA slot buffers.
+
+    With a ``mesh`` (tensor parallelism) the params and slot buffers come split over it and the KV
+    cache is allocated split on its KV heads; ``num_pages`` is then the pages of every shard.
+    """
 
     def __init__(
         self,
@@ -117,13 +181,23 @@ class ModelRunner:
         num_pages: int,
         page_size: int,
         lora_backend: str,
+        mesh: Mesh | None = None,
     ):
         self.params, self.cfg, self.slots, self.buckets = params, cfg, slots, buckets
-        self.page_size, self.lora_backend = page_size, lora_backend
-        self.kv = allocate_kv_cache(cfg, num_pages, page_size, params.embed.dtype)
+        self.page_size, self.lora_backend, self.mesh = page_size, lora_backend, mesh
+        if mesh is None:
+            self.kv = allocate_kv_cache(cfg, num_pages, page_size, params.embed.dtype)
+        else:  # each device allocates only its KV heads
+            allocate = jax.jit(
+                allocate_kv_cache,
+                static_argnums=(0, 1, 2, 3),
+                out_shardings=NamedSharding(mesh, KV_SHARDING),
+            )
+            self.kv = allocate(cfg, num_pages, page_size, params.embed.dtype)
 
     # ------------------------------------------------------------------ adapters
     def load_lora(self, slot: int, adapter: LoraAdapter | None) -> None:
+        assert_same_everywhere(f"the load of slot {slot}", adapter and adapter.name or "")
         self.slots.put(slot, adapter)
 
     def _lora_batch(self, token_slot: np.ndarray) -> LoraBatch:
@@ -172,6 +246,10 @@ class ModelRunner:
             used = -(-s.start // self.page_size)
             prefix_pages[:used] = s.pages[:used]
             prefix_len, prefix_seq = s.start, continuing[0]
+        # several processes: each must feed this step the same inputs (see jlora.distributed)
+        assert_same_everywhere(
+            "a prefill step", tokens, slot_mapping, seq_ids, token_slot, prefix_pages, repr(rows)
+        )
         attention = PrefillAttention(
             slot_mapping=jnp.asarray(slot_mapping),
             seq_ids=jnp.asarray(seq_ids),
@@ -192,6 +270,7 @@ class ModelRunner:
             sampling,
             cfg=self.cfg,
             lora_backend=self.lora_backend,
+            mesh=self.mesh,
         )
         next_tokens = np.asarray(next_tokens)
         return [int(next_tokens[row_of[i]]) if i in row_of else None for i in range(len(seqs))]
@@ -217,6 +296,9 @@ class ModelRunner:
             seq_lens[row] = s.position + 1
             token_slot[row] = s.lora_slot
             rows.append((s.params, s.seed, s.out_index))
+        assert_same_everywhere(
+            "a decode step", tokens, positions, page_table, token_slot, repr(rows)
+        )
         attention = DecodeAttention(
             slot_mapping=jnp.asarray(slot_mapping),
             page_table=jnp.asarray(page_table),
@@ -233,6 +315,7 @@ class ModelRunner:
             SamplingInputs.build(rows, bsz, self.cfg.vocab_size),
             cfg=self.cfg,
             lora_backend=self.lora_backend,
+            mesh=self.mesh,
         )
         next_tokens = np.asarray(next_tokens)
         out = [0] * len(seqs)
@@ -256,6 +339,7 @@ class ModelRunner:
             seq_ids[off : off + n], token_slot[off : off + n] = i, slot
             spans[i] = (off, off + n)
             off += n
+        assert_same_everywhere("a score step", tokens, seq_ids, token_slot)
         out = np.asarray(
             score_step(
                 self.params,
@@ -266,6 +350,7 @@ class ModelRunner:
                 self._lora_batch(token_slot),
                 cfg=self.cfg,
                 lora_backend=self.lora_backend,
+                mesh=self.mesh,
             )
         )
         return [out[spans[i][0] : spans[i][1]] for i in range(len(seqs))]
@@ -278,49 +363,50 @@ class ModelRunner:
         if empty:  # a slot already written means the update is compiled
             self.slots.put(empty[0], None)
         for shape in self.buckets.all_shapes():
-            if shape[0] == "prefill":
-                t, r = shape[1], self.buckets.prefill_rows
-                zeros = jnp.zeros(t, jnp.int32)
-                attention = PrefillAttention(
-                    slot_mapping=zeros,
-                    seq_ids=jnp.full(t, -1, jnp.int32),
-                    positions=zeros,
-                    prefix_pages=jnp.zeros(self.buckets.prefix_pages, jnp.int32),
-                    prefix_len=jnp.int32(0),
-                    prefix_seq=jnp.int32(-2),
-                )
-                sampling = SamplingInputs.build([], r, self.cfg.vocab_size)
-                out, self.kv = prefill_step(
-                    self.params,
-                    self.slots.layers,
-                    self.kv,
-                    zeros,
-                    attention,
-                    self._lora_batch(np.full(t, NO_SLOT)),
-                    jnp.zeros(r, jnp.int32),
-                    sampling,
-                    cfg=self.cfg,
-                    lora_backend=self.lora_backend,
-                )
-            else:
-                _, bsz, p = shape
-                zeros = jnp.zeros(bsz, jnp.int32)
-                attention = DecodeAttention(
-                    slot_mapping=zeros, page_table=jnp.zeros((bsz, p), jnp.int32), seq_lens=zeros
-                )
-                out, self.kv = decode_step(
-                    self.params,
-                    self.slots.layers,
-                    self.kv,
-                    zeros,
-                    zeros,
-                    attention,
-                    self._lora_batch(np.full(bsz, NO_SLOT)),
-                    SamplingInputs.build([], bsz, self.cfg.vocab_size),
-                    cfg=self.cfg,
-                    lora_backend=self.lora_backend,
-                )
+            step, args = self._padding_step(shape)
+            out, self.kv = step(*args, cfg=self.cfg, lora_backend=self.lora_backend, mesh=self.mesh)
             out.block_until_ready()
+
+    def compiled_text(self, shape: tuple) -> str:
+        """The compiled HLO text of one bucket's step (``shape`` from ``buckets.all_shapes()``),
+        e.g. to count its collectives."""
+        step, args = self._padding_step(shape)
+        lowered = step.lower(*args, cfg=self.cfg, lora_backend=self.lora_backend, mesh=self.mesh)
+        return lowered.compile().as_text()
+
+    def _padding_step(self, shape: tuple) -> tuple:
+        """The step function of a bucket and all-padding arguments for it (they write only the
+        trash page)."""
+        lead = (self.params, self.slots.layers, self.kv)
+        if shape[0] == "prefill":
+            t, r = shape[1], self.buckets.prefill_rows
+            zeros = jnp.zeros(t, jnp.int32)
+            attention = PrefillAttention(
+                slot_mapping=zeros,
+                seq_ids=jnp.full(t, -1, jnp.int32),
+                positions=zeros,
+                prefix_pages=jnp.zeros(self.buckets.prefix_pages, jnp.int32),
+                prefix_len=jnp.int32(0),
+                prefix_seq=jnp.int32(-2),
+            )
+            sampling = SamplingInputs.build([], r, self.cfg.vocab_size)
+            lora_batch = self._lora_batch(np.full(t, NO_SLOT))
+            return prefill_step, (
+                *lead,
+                zeros,
+                attention,
+                lora_batch,
+                jnp.zeros(r, jnp.int32),
+                sampling,
+            )
+        _, bsz, p = shape
+        zeros = jnp.zeros(bsz, jnp.int32)
+        attention = DecodeAttention(
+            slot_mapping=zeros, page_table=jnp.zeros((bsz, p), jnp.int32), seq_lens=zeros
+        )
+        sampling = SamplingInputs.build([], bsz, self.cfg.vocab_size)
+        lora_batch = self._lora_batch(np.full(bsz, NO_SLOT))
+        return decode_step, (*lead, zeros, zeros, attention, lora_batch, sampling)
 
     @staticmethod
     def compiled_count() -> int:
