@@ -1,0 +1,186 @@
+"""Simulator fidelity: calibrate the cost model on this device, then run the same workloads through
+the real engine and through the simulator and compare median and P99 TTFT and E2E.
+
+    PYTHONPATH=. python experiments/sim_fidelity.py --model llama-3.1-8b          # on the H100
+    JAX_PLATFORMS=cpu .venv/bin/python experiments/sim_fidelity.py --model tiny --clock cpu
+
+One engine is built and compiled (the setting of ``calibrate_costs.SETUPS``); calibration writes
+the cost model (``jlora/sim/cost_models/<device>__<model>.json``) and its summary, unless
+``--cost-model`` gives one. Each workload then runs ``--real-runs`` times on the real engine (a
+fresh scheduler, adapter pool and page pool each time, on the same compiled runner), so the spread
+of the real runs shows the noise floor, and once in the simulator (with ``--cost-model``, one
+unmeasured run first warms the engine up, as calibration otherwise does). Two workloads:
+
+* ``burst``: every request at time 0. The scheduler's decisions then depend on its state alone, so
+  the real engine and the simulator run the same steps (checked), and the difference is the cost
+  model's.
+* ``poisson``: the seed's shape (Poisson arrivals, six adapters over three slots, uniform lengths).
+  Where arrivals fall between steps now matters, so the two runs take different (equally valid)
+  schedules; the comparison is of the distributions.
+
+Writes ``experiments/results/sim_fidelity.md`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import calibrate_costs as cc  # noqa: E402
+
+# Per model: (requests, rate, longest prompt and output) of each workload.
+WORKLOADS = {
+    "tiny": {"burst": (64, float("inf"), 256, 128), "poisson": (200, 20.0, 128, 256)},
+    "llama-3.1-8b": {"burst": (128, float("inf"), 512, 256), "poisson": (120, 6.0, 512, 512)},
+}
+
+
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(cc.ROOT)) if path.is_relative_to(cc.ROOT) else str(path)
+
+
+def main() -> None:
+    parser = cc.build_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--cost-model", help="use this cost model instead of calibrating")
+    parser.add_argument("--real-runs", type=int, default=2, help="real runs of each workload")
+    parser.add_argument("--workloads", nargs="+", default=["burst", "poisson"])
+    parser.add_argument("--report", default=str(cc.ROOT / "experiments/results/sim_fidelity.md"))
+    args = parser.parse_args()
+
+    import jax
+
+    from jlora.bench.driver import run_workload
+    from jlora.bench.workload import make_random_workload
+    from jlora.engine import Engine
+    from jlora.sim import CostModel, make_sim_engine
+    from jlora.sim.fidelity import COMPARED, compare
+
+    s = cc.setup(args)
+    t_start = time.perf_counter()
+    clock = cc.make_clock(args)
+    base = cc.build_engine(args, s, clock)
+    if args.cost_model:
+        cost, cost_path = CostModel.load_file(args.cost_model), Path(args.cost_model)
+    else:
+        cost = cc.calibrate_engine(base, args, s, clock)
+        cost_path, _ = cc.write_outputs(cost, args, args.clock)
+    config = dataclasses.replace(
+        base.config, max_total_tokens=(base.pages.num_pages - 1) * base.config.page_size
+    )
+    names = sorted(config.lora_paths)
+    warm = not args.cost_model  # calibration served a burst: the engine is warm
+    gc.collect()
+    gc.freeze()  # what start-up built is never collected: collections stay short, as in a server
+    sections = []
+
+    def real_engine() -> Engine:
+        """A fresh scheduler, adapter pool and page pool on the compiled runner."""
+        return Engine(
+            config,
+            runner=base.runner,
+            clock=cc.make_clock(args),
+            adapter_loader=lambda name, path: base.adapters.get(name),
+        )
+
+    for wname in args.workloads:
+        n, rate, in_len, out_len = WORKLOADS[args.model][wname]
+        work = make_random_workload(
+            num_prompts=n,
+            request_rate=rate,
+            input_len=in_len,
+            output_len=out_len,
+            range_ratio=0.0,
+            vocab_size=base.model_config.vocab_size,
+            lora_names=names,
+            seed=7,
+        )
+        reals = []
+        if not warm:  # first runs touch fresh memory (the KV cache's pages...): not measured
+            run_workload(real_engine(), work, progress=False, desc="warm-up")
+            print(f"{wname}: warm-up run done", flush=True)
+            warm = True
+        for i in range(args.real_runs):
+            engine = real_engine()
+            gc.collect()
+            t = time.perf_counter()
+            reals.append(run_workload(engine, work, progress=False, desc=f"real {i}"))
+            print(f"{wname}: real run {i} took {time.perf_counter() - t:.1f} s", flush=True)
+        sim_engine = make_sim_engine(config, cost=cost)
+        t = time.perf_counter()
+        sim = run_workload(sim_engine, work, progress=False, desc="sim")
+        sim_s = time.perf_counter() - t
+        same = all(
+            [(x.kind, x.batch, x.tokens) for x in r.steps]
+            == [(x.kind, x.batch, x.tokens) for x in sim.steps]
+            for r in reals
+        )
+        rows = [compare(r, sim) for r in reals]
+        spread = compare(reals[0], reals[-1]) if len(reals) > 1 else None
+        lines = [
+            f"## {wname}: {n} requests, rate {rate:g}/s, prompts and outputs uniform in "
+            f"[1, {in_len}] / [1, {out_len}], adapters {', '.join(names)} uniformly",
+            "",
+            f"Simulated in {sim_s:.2f} s of CPU. Same steps as every real run: "
+            f"{'yes' if same else 'no (arrivals fell differently between steps)'}.",
+            "",
+            "| metric | "
+            + " | ".join(f"real {i}" for i in range(len(reals)))
+            + " | simulated | sim vs real (each) |"
+            + (" real vs real |" if spread else ""),
+            "| --- | "
+            + " | ".join("---:" for _ in reals)
+            + " | ---: | ---: |"
+            + (" ---: |" if spread else ""),
+        ]
+        for key in (*COMPARED, "duration_s", "steps"):
+            errs = ", ".join(f"{100 * r[key][2]:+.1f}%" for r in rows)
+            real_vals = " | ".join(f"{r[key][0]:.1f}" for r in rows)
+            line = f"| {key} | {real_vals} | {rows[0][key][1]:.1f} | {errs} |"
+            if spread:
+                line += f" {100 * spread[key][2]:+.1f}% |"
+            lines.append(line)
+        worst = max(abs(r[k][2]) for r in rows for k in COMPARED)
+        lines += ["", f"Largest error on the four compared metrics: {100 * worst:.1f}%.", ""]
+        sections.append("\n".join(lines))
+        print(sections[-1], flush=True)
+
+    dev = jax.devices()[0]
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    cal = cost.info.get("calibrated_with", {})
+    header = [
+        "# Simulator fidelity: the real engine against the simulator",
+        "",
+        f"- date: {datetime.date.today().isoformat()}; device: {dev.device_kind}; "
+        f"jax {jax.__version__}; clock: {args.clock}",
+        f"- model: `{args.model}` preset, dummy weights, {config.dtype}; "
+        f"{len(names)} adapters (ranks {', '.join(str(r) for r in s['ranks'])}), "
+        f"{config.max_loras_per_batch} slots, max rank {config.max_lora_rank}, "
+        f"context {config.context_length}, KV cache {config.max_total_tokens} tokens",
+        f"- cost model: `{_shown(cost_path)}` ({cost.info.get('device')}, calibrated "
+        f"{cost.info.get('date')}"
+        + (
+            f", buckets {cal.get('prefill_token_buckets')} / {cal.get('decode_batch_buckets')}"
+            if cal
+            else ""
+        )
+        + ")",
+        f"- command: `{command}` ({time.perf_counter() - t_start:.0f} s in all)",
+        "",
+        "Compared: median and P99 of TTFT and E2E (ms), as `jlora bench` reports them; the "
+        "error is simulated / real - 1.",
+        "",
+    ]
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.report).write_text("\n".join(header + sections))
+    print(f"wrote {args.report}")
+
+
+if __name__ == "__main__":
+    main()

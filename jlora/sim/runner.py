@@ -1,0 +1,78 @@
+"""The simulator's runner: no model, no device; each step moves a virtual clock by what the cost
+model says the real step would take, and returns deterministic tokens.
+
+It implements :class:`~jlora.runner.base.Runner`, so the engine, scheduler, drainer, adapter pool
+and page accounting above it are the real ones. Sampled tokens are ``token_fn(rid, index)`` (by
+default never an end-of-sequence id of the presets: requests run to ``max_new_tokens``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jlora.adapters.peft import LoraAdapter
+from jlora.clock import FakeClock
+from jlora.runner.base import DecodeSeq, PrefillSeq
+from jlora.runner.buckets import ShapeBuckets
+from jlora.sim.cost_model import CostModel, StepLayout
+
+KINDS = ("prefill", "decode", "load", "host_load")
+
+
+def sim_token(rid: int, index: int) -> int:
+    """The token request ``rid`` samples at output index ``index`` in the simulator."""
+    return 100 + (rid * 7 + index) % 100
+
+
+@dataclass
+class SimRunner:
+    clock: FakeClock
+    cost: CostModel
+    buckets: ShapeBuckets
+    page_size: int
+    num_slots: int
+    token_fn: Callable[[int, int], int] = sim_token
+    waiting: Callable[[], int] = lambda: 0
+    """How many requests wait (the scheduler's host work grows with them); set by the engine
+    builder once the scheduler exists."""
+    busy: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
+    """Virtual seconds spent per kind of work (``host_load``: adapters read again from disk)."""
+    steps: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+
+    def __post_init__(self) -> None:
+        self.layout = StepLayout(self.buckets, self.page_size, [0] * self.num_slots)
+
+    def prefill(self, seqs: list[PrefillSeq]) -> list[int | None]:
+        if len(seqs) > self.buckets.prefill_rows:
+            raise ValueError(
+                f"{len(seqs)} sequences exceed prefill_rows={self.buckets.prefill_rows}"
+            )
+        if sum(1 for s in seqs if s.start > 0) > 1:
+            raise ValueError("a prefill step may continue at most one chunked sequence")
+        self._spend("prefill", self.cost.prefill_time(seqs, self.layout, self.waiting()))
+        return [self.token_fn(s.rid, s.out_index) if s.sample else None for s in seqs]
+
+    def decode(self, seqs: list[DecodeSeq]) -> list[int]:
+        self._spend("decode", self.cost.decode_time(seqs, self.layout, self.waiting()))
+        return [self.token_fn(s.rid, s.out_index) for s in seqs]
+
+    def load_lora(self, slot: int, adapter: LoraAdapter | None) -> None:
+        if not 0 <= slot < self.num_slots:
+            raise ValueError(f"slot={slot} outside [0, {self.num_slots})")
+        rank = 0 if adapter is None else adapter.rank
+        self.layout.slot_rank[slot] = rank
+        self._spend("load", self.cost.load_time(rank))
+
+    def _spend(self, kind: str, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.busy[kind] += seconds
+        self.steps[kind] += 1
+
+    def score(self, seqs: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+        raise NotImplementedError("the simulator computes no logits (use the real engine to score)")
+
+    def warmup(self) -> None:
+        return None
