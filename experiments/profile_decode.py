@@ -47,34 +47,15 @@ def _measure(engine: Engine, b: int, context: int) -> None:
     lb = r._lora_batch(np.full(b, -1))
     sampling = SamplingInputs.build([], b, engine.model_config.vocab_size)
 
+    inputs = (tokens, positions, att, lb, sampling)
+    static = {"cfg": r.cfg, "lora_backend": "xla", "mesh": r.mesh}
+
     def step():
-        out, r.kv = mr.decode_step(
-            r.params,
-            r.slots.layers,
-            r.kv,
-            tokens,
-            positions,
-            att,
-            lb,
-            sampling,
-            cfg=r.cfg,
-            lora_backend="xla",
-        )
+        out, r.kv = mr.decode_step(r.params, r.slots.layers, r.kv, *inputs, **static)
         out.block_until_ready()
 
     device_ms = _median_ms(step)
-    lowered = mr.decode_step.lower(
-        r.params,
-        r.slots.layers,
-        r.kv,
-        tokens,
-        positions,
-        att,
-        lb,
-        sampling,
-        cfg=r.cfg,
-        lora_backend="xla",
-    )
+    lowered = mr.decode_step.lower(r.params, r.slots.layers, r.kv, *inputs, **static)
     cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     gb = cost.get("bytes accessed", float("nan")) / 1e9

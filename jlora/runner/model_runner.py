@@ -50,6 +50,40 @@ def _shard(cfg: ModelConfig, mesh: Mesh | None) -> tuple[ModelConfig, str | None
     return local_config(cfg, mesh.shape[TP_AXIS]), TP_AXIS
 
 
+def _forward_sample_commit(
+    params,
+    lora,
+    kv,
+    tokens,
+    positions,
+    attention,
+    lora_batch,
+    sampling,
+    rows,
+    shard_cfg: ModelConfig,
+    tp_axis: str | None,
+    lora_backend: str,
+):
+    """One shard's step: the forward over the cache, a token sampled for ``rows`` of the hidden
+    states (all rows when None), and the step's new K/V written into the cache."""
+    hidden, state = forward(
+        params,
+        shard_cfg,
+        tokens,
+        positions,
+        attention,
+        kv_state(kv),
+        lora,
+        lora_batch,
+        lora_backend,
+        tp_axis,
+    )
+    if rows is not None:
+        hidden = hidden[rows]
+    next_tokens = sample(logits(params, hidden, tp_axis), sampling)
+    return next_tokens, commit_kv_state(state, attention.slot_mapping)
+
+
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("kv",))
 def prefill_step(
     params: LlamaParams,
@@ -67,20 +101,20 @@ def prefill_step(
     shard_cfg, tp_axis = _shard(cfg, mesh)
 
     def body(params, lora, kv, tokens, attention, lora_batch, last_index, sampling):
-        hidden, state = forward(
+        return _forward_sample_commit(
             params,
-            shard_cfg,
+            lora,
+            kv,
             tokens,
             attention.positions,
             attention,
-            kv_state(kv),
-            lora,
             lora_batch,
-            lora_backend,
+            sampling,
+            last_index,
+            shard_cfg,
             tp_axis,
+            lora_backend,
         )
-        next_tokens = sample(logits(params, hidden[last_index], tp_axis), sampling)
-        return next_tokens, commit_kv_state(state, attention.slot_mapping)
 
     specs = (param_specs(params), lora_specs(cfg.num_layers), _KV_SPECS) + (P(),) * 5
     return per_shard(body, mesh, specs, (P(), _KV_SPECS))(
@@ -105,20 +139,20 @@ def decode_step(
     shard_cfg, tp_axis = _shard(cfg, mesh)
 
     def body(params, lora, kv, tokens, positions, attention, lora_batch, sampling):
-        hidden, state = forward(
+        return _forward_sample_commit(
             params,
-            shard_cfg,
+            lora,
+            kv,
             tokens,
             positions,
             attention,
-            kv_state(kv),
-            lora,
             lora_batch,
-            lora_backend,
+            sampling,
+            None,
+            shard_cfg,
             tp_axis,
+            lora_backend,
         )
-        next_tokens = sample(logits(params, hidden, tp_axis), sampling)
-        return next_tokens, commit_kv_state(state, attention.slot_mapping)
 
     specs = (param_specs(params), lora_specs(cfg.num_layers), _KV_SPECS) + (P(),) * 5
     return per_shard(body, mesh, specs, (P(), _KV_SPECS))(
