@@ -159,8 +159,15 @@ class Engine:
         self._rids = itertools.count()
         self._events: dict[int, list[StreamEvent]] = {}
         self.num_steps = 0
-        self.last_state: SchedulerState = self.scheduler.snapshot(self.clock.now())
+        self._state: SchedulerState | None = None
+        self._take_state = self.scheduler.deferred_snapshot(self.clock.now())
+
+    @property
+    def last_state(self) -> SchedulerState:
         """The scheduler's state at the last decision (slots, waits, drain marks, batch)."""
+        if self._state is None:  # counted on first read: most runs read none of them
+            self._state = self._take_state()
+        return self._state
 
     def _load_adapter(self, name: str, path: str) -> LoraAdapter:
         rank = parse_dummy_spec(path)
@@ -247,7 +254,7 @@ class Engine:
         now = self.clock.now()
         plan = self.scheduler.schedule(now)
         self.last_plan = plan
-        self.last_state = self.scheduler.snapshot(now)
+        self._state, self._take_state = None, self.scheduler.deferred_snapshot(now)
         for slot, name in plan.loads:  # also for resumed requests, which decode in a later step
             self.runner.load_lora(slot, self.adapters.get(name))
         if plan.kind == "idle":
@@ -298,7 +305,7 @@ class Engine:
     def _decode_seq(self, req: Request) -> DecodeSeq:
         return DecodeSeq(
             rid=req.rid,
-            token=int(req.output[-1]),
+            token=req.output[-1],
             position=req.num_tokens - 1,
             pages=tuple(req.pages),
             lora_slot=self._slot(req),
@@ -308,8 +315,8 @@ class Engine:
         )
 
     def _append(self, req: Request, token: int, now: float, finished: list[RequestOutput]) -> None:
-        req.output.append(int(token))
-        req.token_times.append(now)
+        token = int(token)
+        req.append_token(token, now)
         p = req.params
         reason = None
         if not p.ignore_eos and (
@@ -324,9 +331,9 @@ class Engine:
             self.scheduler.finish(req)
             out = RequestOutput.of(req)
             finished.append(out)
-        if req.rid in self._events:
+        if self._events and req.rid in self._events:
             self._events[req.rid].append(
-                StreamEvent(req.rid, int(token), len(req.output) - 1, now, finished=out)
+                StreamEvent(req.rid, token, len(req.output) - 1, now, finished=out)
             )
 
     def abort(self, rid: int) -> RequestOutput:

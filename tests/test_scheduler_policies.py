@@ -54,7 +54,8 @@ def _request(name, max_new, generated=0, since=0.0) -> Request:
         lora_name=name,
         arrival=since,
     )
-    req.output = [7] * generated
+    for _ in range(generated):
+        req.append_token(7, since)
     return req
 
 
@@ -74,7 +75,7 @@ def _run_prefill(plan) -> None:
     """What the engine does with a prefill plan's results (one sampled token each)."""
     for item in plan.prefill:
         item.req.num_computed = item.end
-        item.req.output.append(7)
+        item.req.append_token(7, 0.0)
 
 
 def _waiting(sched, name, since, max_new=8) -> Request:

@@ -33,7 +33,7 @@ class PrefillSeq:
     out_index: int  # index of the token it samples (for the per-request random stream)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: the engine builds one per request per step (3x cheaper)
 class DecodeSeq:
     rid: int
     token: int

@@ -19,9 +19,10 @@ class Status(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass
+@dataclass(eq=False)  # identity: `in` and `remove` on the scheduler's queues compare no fields
 class Request:
-    """Host-side state of one request. Mutated only by the scheduler and the engine loop."""
+    """Host-side state of one request. Mutated only by the scheduler and the engine loop; outputs
+    are added by :meth:`append_token` (which keeps ``num_tokens``)."""
 
     rid: int
     prompt: np.ndarray  # [P] int32
@@ -43,9 +44,19 @@ class Request:
     num_preemptions: int = 0
     num_pauses: int = 0
     """Times a drainer paused it (pages kept, resumed later without recompute)."""
+    num_tokens: int = field(init=False)
+    """Prompt and outputs so far (a field, not a property: the scheduler and the engine read it
+    several times per request per step)."""
 
     def __post_init__(self) -> None:
         self.wait_since = self.arrival
+        self.num_tokens = len(self.prompt) + len(self.output)
+
+    def append_token(self, token: int, time: float) -> None:
+        """Add one output token sampled at ``time``."""
+        self.output.append(token)
+        self.token_times.append(time)
+        self.num_tokens += 1
 
     @property
     def all_tokens(self) -> np.ndarray:
@@ -53,10 +64,6 @@ class Request:
         if not self.output:
             return self.prompt
         return np.concatenate([self.prompt, np.asarray(self.output, np.int32)])
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.prompt) + len(self.output)
 
     @property
     def in_prefill(self) -> bool:

@@ -55,7 +55,8 @@ benchmark logs per step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import bisect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -172,6 +173,10 @@ class Scheduler:
         self.last_plan = StepPlan("idle")
         self._admitted_order: dict[int, int] = {}  # rid -> admission counter (newest = largest)
         self._counter = 0
+        # The running requests again, oldest admission first: the order decode takes them in (a
+        # resumed request keeps its place). `running` itself keeps the order they joined it, which
+        # the policies see (e.g. the order a victim's requests are paused in).
+        self._by_admission: list[Request] = []
 
     # ------------------------------------------------------------------ queue
     def add(self, req: Request) -> None:
@@ -260,11 +265,11 @@ class Scheduler:
             self.last_plan = plan
             return plan
         plan.kind = "decode"
-        decoding = [r for r in self.running if not r.in_prefill]
-        for req in sorted(decoding, key=lambda r: self._admitted_order[r.rid]):
+        page_size = self.pages.page_size
+        for req in [r for r in self._by_admission if not r.in_prefill]:
             if req.status != Status.RUNNING:  # preempted below, to make room for an older one
                 continue
-            while len(req.pages) < self.pages.pages_for(req.num_tokens):
+            while req.num_tokens > len(req.pages) * page_size:  # its next token needs a page
                 try:
                     req.pages += self.pages.alloc(1)
                 except OutOfPages:
@@ -277,7 +282,9 @@ class Scheduler:
                 plan.decode.append(req)
         if not plan.decode:
             plan.kind = "idle"
-        self.adapters.touch(r.lora_name for r in plan.decode if r.lora_name is not None)
+        names = {r.lora_name for r in plan.decode}
+        names.discard(None)
+        self.adapters.touch(names)
         self.last_plan = plan
         return plan
 
@@ -296,6 +303,17 @@ class Scheduler:
         chunking = bool(chunked)
         reserve = len(self.running)
         admitting = True  # false once the prefill is full: paused requests may still resume
+        # Whether an adapter that does not run could get a slot: it changes only when `busy` (and
+        # with it the slot table) does, so it is asked once per adapter between two seatings, not
+        # once per waiting request.
+        seatable: dict[Adapter, bool] = {}
+
+        def can_get_slot(name: Adapter) -> bool:
+            ok = seatable.get(name)
+            if ok is None:
+                ok = seatable[name] = self.free_slot(name, busy) is not None
+            return ok
+
         for req in self.policy.order(self.paused + self.waiting, now):
             if len(self.running) >= cfg.max_running_requests:
                 break
@@ -304,19 +322,21 @@ class Scheduler:
             name = req.lora_name
             if req.status == Status.PAUSED:
                 if name not in busy:
-                    if self.free_slot(name, busy) is None:
+                    if not can_get_slot(name):
                         continue
                     self._seat(name, busy, plan)
                     busy.add(name)
+                    seatable.clear()
                 self.paused.remove(req)
                 req.status = Status.RUNNING
                 self.running.append(req)
+                bisect.insort(self._by_admission, req, key=lambda r: self._admitted_order[r.rid])
                 plan.resumed.append(req)
                 reserve += 1
                 continue
             if not admitting or req.status != Status.WAITING:
                 continue  # (a paused request preempted below for pages is waiting again)
-            if name not in busy and self.free_slot(name, busy) is None:
+            if name not in busy and not can_get_slot(name):
                 continue
             if not self.policy.may_admit(self, req, now):
                 continue
@@ -338,6 +358,7 @@ class Scheduler:
             if name not in busy:
                 self._seat(name, busy, plan)
                 busy.add(name)
+                seatable.clear()
             req.pages += self.pages.alloc(need)
             self._admit(req)
             reserve += 1
@@ -348,6 +369,7 @@ class Scheduler:
         self.waiting.remove(req)
         req.status = Status.RUNNING
         self.running.append(req)
+        self._by_admission.append(req)  # the newest admission
         self._counter += 1
         self._admitted_order[req.rid] = self._counter
 
@@ -356,6 +378,10 @@ class Scheduler:
             (r for r in self.running if r.status == Status.RUNNING),
             key=lambda r: self._admitted_order[r.rid],
         )
+
+    def _leave_running(self, req: Request) -> None:
+        self.running.remove(req)
+        self._by_admission.remove(req)
 
     def _pause(self, req: Request, now: float, plan: StepPlan) -> None:
         """Take a running request out of the running set, keeping its pages; it waits from now.
@@ -368,7 +394,7 @@ class Scheduler:
             self._preempt(req, now)
             plan.preempted.append(req)
             return
-        self.running.remove(req)
+        self._leave_running(req)
         req.status = Status.PAUSED
         req.wait_since = now
         req.num_pauses += 1
@@ -388,7 +414,7 @@ class Scheduler:
             self.paused.remove(req)
         else:
             req.wait_since = now
-            self.running.remove(req)
+            self._leave_running(req)
         self._admitted_order.pop(req.rid, None)
         self.add(req)
 
@@ -396,42 +422,62 @@ class Scheduler:
     def snapshot(self, now: float) -> SchedulerState:
         """The state traces log after each step (O(requests), host only); ``kind`` and ``batch``
         describe the last plan."""
-        waiting: dict[Adapter, int] = {}
-        longest: dict[Adapter, float] = {}
-        paused: dict[Adapter, int] = {}
-        running: dict[Adapter, int] = {}
-        for r in self.waiting:
-            waiting[r.lora_name] = waiting.get(r.lora_name, 0) + 1
-        for r in self.waiting + self.paused:
-            longest[r.lora_name] = max(longest.get(r.lora_name, 0.0), now - r.wait_since)
-        for r in self.paused:
-            paused[r.lora_name] = paused.get(r.lora_name, 0) + 1
-        for r in self.running:
-            running[r.lora_name] = running.get(r.lora_name, 0) + 1
+        return self.deferred_snapshot(now)()
+
+    def deferred_snapshot(self, now: float) -> Callable[[], SchedulerState]:
+        """:meth:`snapshot` of now, counted only when called (the engine takes one per step and
+        most runs never read it). What the step and the calls between steps change is copied now:
+        the queues (the requests' adapters and wait starts stay until the next decision), the
+        slots, the marks and the free pages."""
+        waiting, paused, running = list(self.waiting), list(self.paused), list(self.running)
         plan = self.last_plan
-        batch: dict[Adapter, int] = {}
-        for r in [i.req for i in plan.prefill] + plan.decode:
-            batch[r.lora_name] = batch.get(r.lora_name, 0) + 1
-        return SchedulerState(
-            time=now,
-            slots=tuple(self.adapters.occupant),
-            waiting=waiting,
-            longest_wait=longest,
-            running=running,
-            paused=paused,
-            draining=dict(self.policy.draining()),
-            free_pages=self.pages.num_free,
-            kind=plan.kind,
-            batch=batch,
-        )
+        slots = tuple(self.adapters.occupant)
+        draining = dict(self.policy.draining())
+        free_pages = self.pages.num_free
+
+        def count() -> SchedulerState:
+            waiting_n: dict[Adapter, int] = {}
+            longest: dict[Adapter, float] = {}
+            paused_n: dict[Adapter, int] = {}
+            running_n: dict[Adapter, int] = {}
+            for r in waiting:
+                waiting_n[r.lora_name] = waiting_n.get(r.lora_name, 0) + 1
+            for r in waiting + paused:
+                longest[r.lora_name] = max(longest.get(r.lora_name, 0.0), now - r.wait_since)
+            for r in paused:
+                paused_n[r.lora_name] = paused_n.get(r.lora_name, 0) + 1
+            for r in running:
+                running_n[r.lora_name] = running_n.get(r.lora_name, 0) + 1
+            batch: dict[Adapter, int] = {}
+            for r in [i.req for i in plan.prefill] + plan.decode:
+                batch[r.lora_name] = batch.get(r.lora_name, 0) + 1
+            return SchedulerState(
+                time=now,
+                slots=slots,
+                waiting=waiting_n,
+                longest_wait=longest,
+                running=running_n,
+                paused=paused_n,
+                draining=draining,
+                free_pages=free_pages,
+                kind=plan.kind,
+                batch=batch,
+            )
+
+        return count
 
     # ------------------------------------------------------------------ after a step
     def finish(self, req: Request) -> None:
         """Release a finished (or failed) request's pages and its place."""
         self.pages.free(req.pages)
         req.pages = []
-        for queue in (self.running, self.waiting, self.paused):
-            if req in queue:
-                queue.remove(req)
+        if req.status == Status.RUNNING and req in self.running:
+            self._leave_running(req)  # and it is in no other queue: the waiting one may be long
+        else:
+            for queue in (self.running, self.waiting, self.paused):
+                if req in queue:
+                    queue.remove(req)
+            if req in self._by_admission:
+                self._by_admission.remove(req)
         self._admitted_order.pop(req.rid, None)
         req.status = Status.FINISHED
