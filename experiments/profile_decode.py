@@ -1,6 +1,7 @@
 """Where a decode step's time goes: device-only step time against the engine's full step, with a
-large and a small KV cache (a step that copied the cache would slow with its size), the sampler
-alone, and XLA's own estimate of the bytes the step touches.
+large and a small KV cache (a step that copied the cache would slow with its size), with each
+decode attention backend (``xla`` gathers the page table's pages, ``pallas`` reads each sequence's
+own pages in place), the sampler alone, and XLA's own estimate of the bytes the step touches.
 
     PYTHONPATH=. python experiments/profile_decode.py --model llama-3.1-8b
 """
@@ -31,7 +32,7 @@ def _median_ms(fn, reps: int = 20) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _measure(engine: Engine, b: int, context: int) -> None:
+def _measure(engine: Engine, b: int, context: int, attention_backend: str) -> float:
     r = engine.runner
     kv_gb = (r.kv.k.nbytes + r.kv.v.nbytes) / 1e9
     pages = context // engine.config.page_size
@@ -41,6 +42,7 @@ def _measure(engine: Engine, b: int, context: int) -> None:
         slot_mapping=jnp.asarray(page_table[:, 8] * engine.config.page_size),
         page_table=jnp.asarray(page_table),
         seq_lens=jnp.full(b, 129, jnp.int32),
+        backend=attention_backend,
     )
     tokens = jnp.asarray(rng.integers(0, 1000, b).astype(np.int32))
     positions = jnp.full(b, 128, jnp.int32)
@@ -59,6 +61,14 @@ def _measure(engine: Engine, b: int, context: int) -> None:
     cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     gb = cost.get("bytes accessed", float("nan")) / 1e9
+    print(
+        f"kv cache {kv_gb:5.1f} GB  B={b:3d}  attention={attention_backend:6s}: device-only step "
+        f"{device_ms:6.2f} ms, XLA bytes accessed {gb:6.1f} GB"
+    )
+    return device_ms
+
+
+def _measure_engine_step(engine: Engine, b: int) -> None:
     rids = [
         engine.add_request([5] * 128, SamplingParams(max_new_tokens=100, ignore_eos=True))
         for _ in range(b)
@@ -69,8 +79,7 @@ def _measure(engine: Engine, b: int, context: int) -> None:
     for x in rids:
         engine.abort(x)
     print(
-        f"kv cache {kv_gb:5.1f} GB  B={b:3d}: device-only step {device_ms:6.2f} ms, "
-        f"engine.step {engine_ms:6.2f} ms, XLA bytes accessed {gb:6.1f} GB"
+        f"  B={b:3d}: engine.step {engine_ms:6.2f} ms (attention={engine.runner.attention_backend})"
     )
 
 
@@ -100,7 +109,9 @@ def main() -> None:
         )
         for b in (1, 64):
             if b <= total_tokens // args.context:
-                _measure(engine, b, args.context)
+                for backend in ("xla", "pallas"):
+                    _measure(engine, b, args.context, backend)
+                _measure_engine_step(engine, b)
         del engine
     logits = jax.random.normal(jax.random.key(0), (64, 128256), jnp.float32)
     s = SamplingInputs.build([], 64, 128256)

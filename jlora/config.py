@@ -15,6 +15,7 @@ from models.config import ModelConfig
 from models.presets import PRESETS, get_preset
 
 LORA_BACKENDS = ("xla", "pallas")
+ATTENTION_BACKENDS = ("auto", "xla", "pallas")
 LOAD_FORMATS = ("auto", "dummy")
 DTYPES = ("bfloat16", "float32")
 
@@ -43,6 +44,11 @@ class EngineConfig:
     lora_backend: str = "xla"
     """LoRA math: ``xla`` (reference, one-hot einsum) or ``pallas`` (kernels for the platform;
     interpret mode on CPU)."""
+    attention_backend: str = "auto"
+    """Decode attention over the paged KV cache: ``pallas`` (the GPU kernel that reads pages in
+    place; interpret mode on CPU), ``xla`` (reference: gathers each sequence's pages) or ``auto``
+    (``pallas`` on GPU, ``xla`` elsewhere; there is no TPU kernel). With ``pallas`` and no
+    ``kv_len_buckets`` the decode step has a single page-table width, the full context."""
     lora_eviction_policy: str = "lru"
     """Which adapter leaves a device slot (or the host cache) when another needs it: ``lru`` or
     ``fifo``. An adapter with running requests never leaves its slot."""
@@ -100,6 +106,7 @@ class EngineConfig:
         _choice("load_format", self.load_format, LOAD_FORMATS)
         _choice("dtype", self.dtype, DTYPES)
         _choice("lora_backend", self.lora_backend, LORA_BACKENDS)
+        _choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         _positive_int("max_loras_per_batch", self.max_loras_per_batch)
         _positive_int("max_lora_rank", self.max_lora_rank)
         _positive_int("tp_size", self.tp_size)
@@ -153,6 +160,17 @@ class EngineConfig:
                 f"max_position_embeddings={model.max_position_embeddings}"
             )
         return self.context_length
+
+    def resolved_attention_backend(self, platform: str) -> str:
+        """``xla`` or ``pallas`` on ``platform`` (``cpu``, ``gpu``, ``tpu``)."""
+        if self.attention_backend == "auto":
+            return "pallas" if platform == "gpu" else "xla"
+        if self.attention_backend == "pallas" and platform == "tpu":
+            raise ValueError(
+                "attention_backend='pallas' has no TPU kernel (the paged decode attention kernel "
+                "is GPU only); use 'xla' or 'auto'"
+            )
+        return self.attention_backend
 
     @property
     def uses_files(self) -> bool:

@@ -49,6 +49,10 @@ def make_buckets(config: EngineConfig, model: ModelConfig) -> ShapeBuckets:
     context = config.resolved_context_length(model)
     pages_per_seq = -(-context // config.page_size)
     kv_tokens = config.kv_len_buckets or geometric(256, context, 4)
+    attention_backend = config.resolved_attention_backend(jax.default_backend())
+    if config.kv_len_buckets is None and attention_backend == "pallas":
+        # The kernel reads each sequence's own pages whatever the table width: one width suffices.
+        kv_tokens = (context,)
     kv_pages = tuple(sorted({min(pages_per_seq, -(-t // config.page_size)) for t in kv_tokens}))
     if kv_pages[-1] < pages_per_seq:
         kv_pages += (pages_per_seq,)
@@ -151,6 +155,7 @@ class Engine:
                 config.page_size,
                 config.lora_backend,
                 mesh,
+                attention_backend=config.resolved_attention_backend(jax.default_backend()),
             )
             if config.warmup:
                 runner.warmup()
@@ -158,6 +163,7 @@ class Engine:
         self.requests: dict[int, Request] = {}
         self._rids = itertools.count()
         self._events: dict[int, list[StreamEvent]] = {}
+        self._seeds: dict[int, int] = {}  # rid -> sampling seed
         self.num_steps = 0
         self._state: SchedulerState | None = None
         self._take_state = self.scheduler.deferred_snapshot(self.clock.now())
@@ -243,6 +249,7 @@ class Engine:
         now = self.clock.now() if arrival_time is None else arrival_time
         req = Request(rid=rid, prompt=prompt, params=params, lora_name=lora_name, arrival=now)
         self.requests[rid] = req
+        self._seeds[rid] = self._seed(req)
         self.scheduler.add(req)
         return rid
 
@@ -268,7 +275,7 @@ class Engine:
                 if item.completes:
                     self._append(item.req, token, now, finished)
         else:
-            tokens = self.runner.decode([self._decode_seq(r) for r in plan.decode])
+            tokens = self.runner.decode(self._decode_seqs(plan.decode))
             now = self.clock.now()
             for req, token in zip(plan.decode, tokens, strict=True):
                 req.num_computed = req.num_tokens
@@ -284,6 +291,7 @@ class Engine:
         return slot
 
     def _seed(self, req: Request) -> int:
+        """The request's sampling seed (kept in ``_seeds`` from its arrival)."""
         return (
             req.params.seed if req.params.seed is not None else self.config.random_seed + req.rid
         ) % (1 << 32)
@@ -298,21 +306,27 @@ class Engine:
             lora_slot=self._slot(req),
             sample=item.completes,
             params=req.params,
-            seed=self._seed(req),
+            seed=self._seeds[req.rid],
             out_index=len(req.output),
         )
 
-    def _decode_seq(self, req: Request) -> DecodeSeq:
-        return DecodeSeq(
-            rid=req.rid,
-            token=req.output[-1],
-            position=req.num_tokens - 1,
-            pages=tuple(req.pages),
-            lora_slot=self._slot(req),
-            params=req.params,
-            seed=self._seed(req),
-            out_index=len(req.output),
-        )
+    def _decode_seqs(self, reqs: list[Request]) -> list[DecodeSeq]:
+        # One comprehension with the lookups bound once: this runs for every generated token.
+        slot_index = self.adapters.slot_index  # a running request's adapter has a slot (or fails)
+        seeds = self._seeds
+        return [
+            DecodeSeq(
+                rid=r.rid,
+                token=r.output[-1],
+                position=r.num_tokens - 1,
+                pages=tuple(r.pages),
+                lora_slot=NO_SLOT if r.lora_name is None else slot_index[r.lora_name],
+                params=r.params,
+                seed=seeds[r.rid],
+                out_index=len(r.output),
+            )
+            for r in reqs
+        ]
 
     def _append(self, req: Request, token: int, now: float, finished: list[RequestOutput]) -> None:
         token = int(token)

@@ -11,17 +11,19 @@ other sequence starts at position 0 in its step, so no other gather is needed.
 
 Both read the cache as it was before the step and take the step's own K/V directly; the step
 writes all layers' new K/V into the cache once, at its end
-(:func:`~jlora.runner.kv_cache.commit_kv_state`). This is the XLA reference of paged attention: it
-gathers the pages it reads.
+(:func:`~jlora.runner.kv_cache.commit_kv_state`). Prefill gathers the prefix pages it reads (one
+sequence at most). Decode either gathers (``backend="xla"``, the reference) or runs the Pallas
+kernel that reads pages in place (``"pallas"``, :mod:`jlora.kernels.paged_attention`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
 
+from jlora.kernels.paged_attention import paged_decode_attention_gpu, paged_decode_attention_ref
 from models.llama import dense_attention
 
 # _gather_after: every layer reads the cache as it was before the step, so nothing stops XLA from
@@ -72,33 +74,17 @@ class DecodeAttention:
     slot_mapping: jax.Array  # [B] int32
     page_table: jax.Array  # [B, P] int32 (trash page beyond a sequence's pages)
     seq_lens: jax.Array  # [B] int32, tokens in the cache after this step's write (0: padding row)
+    backend: str = field(default="xla", metadata=dict(static=True))
+    """``"xla"``: gather the pages (reference); ``"pallas"``: the kernel that reads in place."""
+    interpret: bool = field(default=False, metadata=dict(static=True))
+    """Run the Pallas kernel in interpret mode (CPU)."""
 
     def __call__(self, layer, q, k, v, state):
         cache, ks, vs = state
-        kc, vc = cache.k[layer], cache.v[layer]
-        b, p = self.page_table.shape
-        _, ps, h, d = kc.shape
         q, page_table = jax.lax.optimization_barrier((q, self.page_table))  # see _gather_after
-        keys = kc[page_table].reshape(b, p * ps, h, d)  # [B, C, Hkv, D], before this step
-        values = vc[page_table].reshape(b, p * ps, h, d)
-        hq = q.shape[1]
-        qg = q.reshape(b, h, hq // h, d)
-        scale = d**-0.5
-        cached = jnp.einsum("bkgd,bckd->bkgc", qg, keys, preferred_element_type=jnp.float32)
-        own = jnp.einsum("bkgd,bkd->bkg", qg, k, preferred_element_type=jnp.float32)[..., None]
-        scores = jnp.concatenate([cached, own], axis=-1) * scale  # [B, Hkv, G, C + 1]
-        # The cache holds positions 0..seq_len-2 of each row; its last token is this step's own.
-        valid = jnp.arange(p * ps)[None, :] < (self.seq_lens - 1)[:, None]  # [B, C]
-        valid = jnp.concatenate([valid, jnp.ones((b, 1), bool)], axis=-1)
-        scores = jnp.where(valid[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1)
-        out = (
-            jnp.einsum(
-                "bkgc,bckd->bkgd",
-                probs[..., :-1].astype(values.dtype),
-                values,
-                preferred_element_type=jnp.float32,
-            )
-            + probs[..., -1:] * v.astype(jnp.float32)[:, :, None, :]
-        )
-        return out.reshape(b, hq, d).astype(q.dtype), (cache, ks + (k,), vs + (v,))
+        args = (q, k, v, cache.k, cache.v, layer, page_table, self.seq_lens)
+        if self.backend == "pallas":
+            out = paged_decode_attention_gpu(*args, interpret=self.interpret)
+        else:
+            out = paged_decode_attention_ref(*args)
+        return out, (cache, ks + (k,), vs + (v,))

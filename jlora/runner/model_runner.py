@@ -216,9 +216,15 @@ class ModelRunner:
         page_size: int,
         lora_backend: str,
         mesh: Mesh | None = None,
+        attention_backend: str = "xla",
     ):
         self.params, self.cfg, self.slots, self.buckets = params, cfg, slots, buckets
         self.page_size, self.lora_backend, self.mesh = page_size, lora_backend, mesh
+        if attention_backend not in ("xla", "pallas"):
+            raise ValueError(f"attention_backend={attention_backend!r} is not 'xla' or 'pallas'")
+        self.attention_backend = attention_backend
+        # On CPU the Pallas kernel runs in its interpreter (tests); on GPU it is compiled.
+        self._interpret = jax.default_backend() == "cpu"
         if mesh is None:
             self.kv = allocate_kv_cache(cfg, num_pages, page_size, params.embed.dtype)
         else:  # each device allocates only its KV heads
@@ -337,6 +343,8 @@ class ModelRunner:
             slot_mapping=jnp.asarray(slot_mapping),
             page_table=jnp.asarray(page_table),
             seq_lens=jnp.asarray(seq_lens),
+            backend=self.attention_backend,
+            interpret=self._interpret,
         )
         next_tokens, self.kv = decode_step(
             self.params,
@@ -436,7 +444,11 @@ class ModelRunner:
         _, bsz, p = shape
         zeros = jnp.zeros(bsz, jnp.int32)
         attention = DecodeAttention(
-            slot_mapping=zeros, page_table=jnp.zeros((bsz, p), jnp.int32), seq_lens=zeros
+            slot_mapping=zeros,
+            page_table=jnp.zeros((bsz, p), jnp.int32),
+            seq_lens=zeros,
+            backend=self.attention_backend,
+            interpret=self._interpret,
         )
         sampling = SamplingInputs.build([], bsz, self.cfg.vocab_size)
         lora_batch = self._lora_batch(np.full(bsz, NO_SLOT))
