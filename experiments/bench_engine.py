@@ -52,6 +52,7 @@ def _engine_part(args) -> dict:
                 max_loras_per_batch=3,
                 max_lora_rank=16,
                 lora_backend=backend,
+                attention_backend=args.attention_backend,
                 context_length=args.context,
                 max_running_requests=max(batches),
                 max_prefill_tokens=args.prefill_tokens,
@@ -67,6 +68,7 @@ def _engine_part(args) -> dict:
             f"{startup:.1f} s",
             flush=True,
         )
+        result["attention"] = engine.runner.attention_backend
         rows = {}
         for b in batches:
             for lora in (False, True):
@@ -209,7 +211,8 @@ def _write(args, ours: dict, hf: dict | None) -> str:
         + (f"; torch {hf['torch']}" if hf else "")
         + f"; python {platform.python_version()}",
         f"- model: `{args.model}` preset, dummy weights, bfloat16 ({ours['weight_gb']:.1f} GB); "
-        f"3 adapters of rank 16 on all seven modules, 3 slots; prompts of {args.prompt_len} tokens",
+        "3 adapters of rank 16 on all seven modules, 3 slots; "
+        f"prompts of {args.prompt_len} tokens; decode attention: {ours.get('attention', 'xla')}",
         f"- weight-read floor of a decode step: {ours['weight_gb']:.1f} GB / "
         f"{args.copy_bw / 1e12:.1f} TB/s = {ours['floor_ms']:.2f} ms",
         f"- command: `PYTHONPATH=. python experiments/bench_engine.py {' '.join(sys.argv[1:])}`",
@@ -242,6 +245,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="llama-3.1-8b")
     parser.add_argument("--backends", default="xla", help="comma-separated lora backends")
+    parser.add_argument(
+        "--attention-backend", default="auto", help="decode attention: auto, xla or pallas"
+    )
     parser.add_argument("--batches", default="1,16,64,128")
     parser.add_argument("--hf-batches", default="1,16,64")
     parser.add_argument("--prompt-len", type=int, default=128)

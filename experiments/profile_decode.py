@@ -9,6 +9,8 @@ own pages in place), the sampler alone, and XLA's own estimate of the bytes the 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import time
 
@@ -68,7 +70,7 @@ def _measure(engine: Engine, b: int, context: int, attention_backend: str) -> fl
     return device_ms
 
 
-def _measure_engine_step(engine: Engine, b: int) -> None:
+def _measure_engine_step(engine: Engine, b: int, host_profile: bool) -> None:
     rids = [
         engine.add_request([5] * 128, SamplingParams(max_new_tokens=100, ignore_eos=True))
         for _ in range(b)
@@ -76,6 +78,13 @@ def _measure_engine_step(engine: Engine, b: int) -> None:
     while any(engine.requests[x].in_prefill for x in rids):
         engine.step()
     engine_ms = _median_ms(engine.step)
+    if host_profile:  # where the host's share of a step goes
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(20):
+            engine.step()
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
     for x in rids:
         engine.abort(x)
     print(
@@ -87,6 +96,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--context", type=int, default=1024)
+    p.add_argument("--host-profile", action="store_true", help="cProfile 20 engine steps")
     args = p.parse_args()
     print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}")
     for total_tokens in (128 * args.context, 8 * args.context):
@@ -111,7 +121,7 @@ def main() -> None:
             if b <= total_tokens // args.context:
                 for backend in ("xla", "pallas"):
                     _measure(engine, b, args.context, backend)
-                _measure_engine_step(engine, b)
+                _measure_engine_step(engine, b, args.host_profile)
         del engine
     logits = jax.random.normal(jax.random.key(0), (64, 128256), jnp.float32)
     s = SamplingInputs.build([], 64, 128256)

@@ -102,14 +102,15 @@ def initialize_from_env(env=None) -> bool:
 
 def assert_same_everywhere(what: str, *values) -> None:
     """Raise ``RuntimeError`` unless every process passes the same ``values`` (numpy arrays,
-    strings, numbers): a CRC32 of each process's values is gathered across processes. A no-op
-    with one process."""
+    strings, numbers, or callables returning one, evaluated only with several processes): a CRC32
+    of each process's values is gathered across processes. A no-op with one process."""
     if jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils
 
     crc = 0
     for v in values:
+        v = v() if callable(v) else v
         data = v.encode() if isinstance(v, str) else np.ascontiguousarray(v).tobytes()
         crc = zlib.crc32(data, crc)
     crcs = np.asarray(multihost_utils.process_allgather(np.array([crc], np.uint32))).ravel()

@@ -288,7 +288,13 @@ class ModelRunner:
             prefix_len, prefix_seq = s.start, continuing[0]
         # several processes: each must feed this step the same inputs (see jlora.distributed)
         assert_same_everywhere(
-            "a prefill step", tokens, slot_mapping, seq_ids, token_slot, prefix_pages, repr(rows)
+            "a prefill step",
+            tokens,
+            slot_mapping,
+            seq_ids,
+            token_slot,
+            prefix_pages,
+            lambda: repr(rows),
         )
         attention = PrefillAttention(
             slot_mapping=jnp.asarray(slot_mapping),
@@ -337,7 +343,7 @@ class ModelRunner:
             token_slot[row] = s.lora_slot
             rows.append((s.params, s.seed, s.out_index))
         assert_same_everywhere(
-            "a decode step", tokens, positions, page_table, token_slot, repr(rows)
+            "a decode step", tokens, positions, page_table, token_slot, lambda: repr(rows)
         )
         attention = DecodeAttention(
             slot_mapping=jnp.asarray(slot_mapping),
