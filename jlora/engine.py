@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -266,20 +266,17 @@ class Engine:
             self.runner.load_lora(slot, self.adapters.get(name))
         if plan.kind == "idle":
             return []
-        finished: list[RequestOutput] = []
         if plan.kind == "prefill":
             tokens = self.runner.prefill([self._prefill_seq(item) for item in plan.prefill])
-            now = self.clock.now()
+            sampled: list[tuple[Request, int]] = []
             for item, token in zip(plan.prefill, tokens, strict=True):
                 item.req.num_computed = item.end
                 if item.completes:
-                    self._append(item.req, token, now, finished)
+                    sampled.append((item.req, token))
+            finished = self._append(sampled, self.clock.now())
         else:
             tokens = self.runner.decode(self._decode_seqs(plan.decode))
-            now = self.clock.now()
-            for req, token in zip(plan.decode, tokens, strict=True):
-                req.num_computed = req.num_tokens
-                self._append(req, token, now, finished)
+            finished = self._append(zip(plan.decode, tokens, strict=True), self.clock.now())
         self.num_steps += 1
         return finished
 
@@ -311,44 +308,52 @@ class Engine:
         )
 
     def _decode_seqs(self, reqs: list[Request]) -> list[DecodeSeq]:
-        # One comprehension with the lookups bound once: this runs for every generated token.
+        # This runs for every generated token: one comprehension, lookups bound once, and the
+        # fields passed by position (a third cheaper than by keyword; their order is pinned by
+        # tests/test_engine_serving.py::test_decode_seq_fields).
         slot_index = self.adapters.slot_index  # a running request's adapter has a slot (or fails)
         seeds = self._seeds
         return [
             DecodeSeq(
-                rid=r.rid,
-                token=r.output[-1],
-                position=r.num_tokens - 1,
-                pages=tuple(r.pages),
-                lora_slot=NO_SLOT if r.lora_name is None else slot_index[r.lora_name],
-                params=r.params,
-                seed=seeds[r.rid],
-                out_index=len(r.output),
+                r.rid,  # rid
+                r.output[-1],  # token
+                r.num_tokens - 1,  # position
+                tuple(r.pages),  # pages
+                NO_SLOT if r.lora_name is None else slot_index[r.lora_name],  # lora_slot
+                r.params,  # params
+                seeds[r.rid],  # seed
+                len(r.output),  # out_index
             )
             for r in reqs
         ]
 
-    def _append(self, req: Request, token: int, now: float, finished: list[RequestOutput]) -> None:
-        token = int(token)
-        req.append_token(token, now)
-        p = req.params
-        reason = None
-        if not p.ignore_eos and (
-            token in self.model_config.eos_token_ids or token in p.stop_token_ids
-        ):
-            reason = "stop"
-        elif len(req.output) >= p.max_new_tokens or req.num_tokens >= self.context_length:
-            reason = "length"
-        out = None
-        if reason is not None:
-            req.finish_reason, req.finish_time = reason, now
-            self.scheduler.finish(req)
-            out = RequestOutput.of(req)
-            finished.append(out)
-        if self._events and req.rid in self._events:
-            self._events[req.rid].append(
-                StreamEvent(req.rid, token, len(req.output) - 1, now, finished=out)
-            )
+    def _append(self, sampled: Iterable[tuple[Request, int]], now: float) -> list[RequestOutput]:
+        """Give each request the token it sampled in the step that ended at ``now`` (all it had
+        before is in the cache now); returns the outputs of those that finished. One loop for the
+        whole step: it runs for every generated token."""
+        finished: list[RequestOutput] = []
+        eos, context, events = self.model_config.eos_token_ids, self.context_length, self._events
+        for req, token in sampled:
+            token = int(token)
+            req.num_computed = req.num_tokens
+            req.append_token(token, now)
+            p = req.params
+            reason = None
+            if not p.ignore_eos and (token in eos or token in p.stop_token_ids):
+                reason = "stop"
+            elif len(req.output) >= p.max_new_tokens or req.num_tokens >= context:
+                reason = "length"
+            out = None
+            if reason is not None:
+                req.finish_reason, req.finish_time = reason, now
+                self.scheduler.finish(req)
+                out = RequestOutput.of(req)
+                finished.append(out)
+            if events and req.rid in events:
+                events[req.rid].append(
+                    StreamEvent(req.rid, token, len(req.output) - 1, now, finished=out)
+                )
+        return finished
 
     def abort(self, rid: int) -> RequestOutput:
         """End a request now; it returns what it generated, with finish reason ``abort``."""

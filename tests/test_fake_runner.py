@@ -77,3 +77,31 @@ def test_chunked_prefill_is_continued_first():
     prefills = [e[1] for e in runner.log if e[0] == "prefill"]
     # The short prompt waits while the chunks fill the budget, then shares the last one's step.
     assert prefills == [[(long, 0, 16)], [(long, 16, 16)], [(long, 32, 8), (short, 0, 3)]]
+
+
+def test_decode_seq_fields():
+    """The engine builds DecodeSeq by position (it is on the per-token path): each field must
+    carry what its name says."""
+    engine, runner, clock = _engine(max_loras_per_batch=2, random_seed=5)
+    seen = []
+    decode = runner.decode
+
+    def record(seqs):
+        seen.append(list(seqs))
+        return decode(seqs)
+
+    runner.decode = record
+    ra = engine.add_request([1] * 20, SamplingParams(max_new_tokens=3, ignore_eos=True), "b")
+    rb = engine.add_request([2] * 4, SamplingParams(max_new_tokens=3, seed=77, ignore_eos=True))
+    engine.step()  # prefill both
+    engine.step()  # the first decode
+    (sa, sb) = seen[0]
+    a, b = engine.requests[ra], engine.requests[rb]
+    assert (sa.rid, sb.rid) == (ra, rb)
+    assert (sa.token, sb.token) == (a.output[0], b.output[0])
+    assert (sa.position, sb.position) == (20, 4)
+    assert sa.pages == tuple(a.pages) and sb.pages == tuple(b.pages)
+    assert (sa.lora_slot, sb.lora_slot) == (engine.adapters.slot_of("b"), -1)
+    assert (sa.params, sb.params) == (a.params, b.params)
+    assert (sa.seed, sb.seed) == (5 + ra, 77)
+    assert (sa.out_index, sb.out_index) == (1, 1)

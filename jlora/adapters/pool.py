@@ -45,7 +45,8 @@ class AdapterPool:
         self.pinned: set[str] = set()
         self.host: OrderedDict[str, LoraAdapter] = OrderedDict()
         self.occupant: list[str | None] = [None] * num_slots
-        self._slot_index: dict[str, int] = {}  # occupant's inverse: asked per request per step
+        self.slot_index: dict[str, int] = {}
+        """Adapter name -> its device slot (``occupant``'s inverse; read it, change neither)."""
         self._slot_used = [0] * num_slots  # tick of last use (lru)
         self._slot_loaded = [0] * num_slots  # tick of load (fifo)
         self._tick = 0
@@ -78,7 +79,7 @@ class AdapterPool:
         del self.paths[name]
         self.host.pop(name, None)
         self.pinned.discard(name)
-        slot = self._slot_index.pop(name, None)
+        slot = self.slot_index.pop(name, None)
         if slot is not None:
             self.occupant[slot] = None
         return slot
@@ -110,7 +111,7 @@ class AdapterPool:
 
     # ------------------------------------------------------------------ device slots
     def slot_of(self, name: str) -> int | None:
-        return self._slot_index.get(name)
+        return self.slot_index.get(name)
 
     def free_slot_for(
         self, name: str, busy: Iterable[str], reserved: Iterable[int] = ()
@@ -143,9 +144,9 @@ class AdapterPool:
         if self.occupant[slot] == name:
             return slot, False
         if self.occupant[slot] is not None:
-            del self._slot_index[self.occupant[slot]]
+            del self.slot_index[self.occupant[slot]]
         self.occupant[slot] = name
-        self._slot_index[name] = slot
+        self.slot_index[name] = slot
         self._slot_loaded[slot] = self._tick
         self.slot_loads += 1
         return slot, True
@@ -154,6 +155,6 @@ class AdapterPool:
         """Mark the slots of ``names`` as used now (lru)."""
         self._tick += 1
         for name in names:
-            slot = self._slot_index.get(name)
+            slot = self.slot_index.get(name)
             if slot is not None:
                 self._slot_used[slot] = self._tick

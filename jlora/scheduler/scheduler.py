@@ -199,7 +199,8 @@ class Scheduler:
 
     def slot_units(self, names: Iterable[Adapter]) -> int:
         """Slot units the adapters ``names`` take when they run together."""
-        return sum(1 for n in set(names) if self.uses_unit(n))
+        names = set(names)
+        return len(names) - (None in names and not self.config.base_uses_slot)
 
     def _held_for_others(self, name: Adapter, busy: set[Adapter]) -> list[tuple[Adapter, Adapter]]:
         """Holds (victim, beneficiary) in force against ``name``: beneficiary not yet running."""
@@ -253,7 +254,7 @@ class Scheduler:
     # ------------------------------------------------------------------ the decision
     def schedule(self, now: float) -> StepPlan:
         plan = StepPlan("prefill")
-        if self.waiting or self.paused or any(self._chunking()):
+        if self.waiting or self.paused or self._chunking():
             self.policy.before_prefill(self, now)
             for req in self.policy.pauses(self, now):
                 self._pause(req, now, plan)
@@ -266,8 +267,13 @@ class Scheduler:
             return plan
         plan.kind = "decode"
         page_size = self.pages.page_size
-        for req in [r for r in self._by_admission if not r.in_prefill]:
-            if req.status != Status.RUNNING:  # preempted below, to make room for an older one
+        running = Status.RUNNING
+        # `not r.in_prefill`, inlined: this and `_chunking` run for every running request per step.
+        decoding = [
+            r for r in self._by_admission if r.output and r.num_computed >= r.num_tokens - 1
+        ]
+        for req in decoding:
+            if req.status is not running:  # preempted below, to make room for an older one
                 continue
             while req.num_tokens > len(req.pages) * page_size:  # its next token needs a page
                 try:
@@ -278,7 +284,7 @@ class Scheduler:
                     plan.preempted.append(victim)
                     if victim is req:
                         break
-            if req.status == Status.RUNNING:
+            if req.status is running:
                 plan.decode.append(req)
         if not plan.decode:
             plan.kind = "idle"
@@ -289,7 +295,13 @@ class Scheduler:
         return plan
 
     def _chunking(self) -> list[Request]:
-        return [r for r in self.running if r.in_prefill and r.num_computed > 0]
+        """The running request in the middle of a chunked prefill, if any (``in_prefill`` and
+        ``num_computed > 0``, inlined)."""
+        return [
+            r
+            for r in self.running
+            if r.num_computed > 0 and (not r.output or r.num_computed < r.num_tokens - 1)
+        ]
 
     def _walk(self, now: float, plan: StepPlan, busy: set[Adapter]) -> None:
         """Resume paused requests and admit waiting ones, in the policy's order."""

@@ -161,9 +161,11 @@ class CostModel:
             for k, v in coef.items():
                 if not isinstance(v, int | float) or not math.isfinite(v):
                     raise ValueError(f"cost model {name}.{k}={v!r} must be a finite number")
-        # Dense coefficient vectors, for a fast dot product per step.
-        object.__setattr__(self, "_prefill", tuple(self.prefill.get(f, 0.0) for f in FEATURES))
-        object.__setattr__(self, "_decode", tuple(self.decode.get(f, 0.0) for f in FEATURES))
+        # (feature index, coefficient) of the nonzero coefficients, for a short dot product per
+        # step (a zero term adds 0.0: leaving it out changes no sum).
+        for kind, coef in (("prefill", self.prefill), ("decode", self.decode)):
+            terms = tuple((i, c) for i, f in enumerate(FEATURES) if (c := coef.get(f, 0.0)))
+            object.__setattr__(self, f"_{kind}", terms)
         # Whether the adapter features are worth computing for each kind of step.
         for kind, coef in (("prefill", self.prefill), ("decode", self.decode)):
             object.__setattr__(self, f"_{kind}_lora", any(coef.get(f) for f in LORA_FEATURES))
@@ -180,10 +182,14 @@ class CostModel:
         return self._time(self._decode, feats, self.decode_shapes.get(shape, 0.0))
 
     @staticmethod
-    def _time(coef: tuple[float, ...], feats: tuple[float, ...], residual: float) -> float:
+    def _time(
+        terms: tuple[tuple[int, float], ...], feats: tuple[float, ...], residual: float
+    ) -> float:
+        if len(feats) != len(FEATURES):
+            raise ValueError(f"{len(feats)} features, expected {len(FEATURES)}")
         t = residual
-        for c, x in zip(coef, feats, strict=True):
-            t += c * x
+        for i, c in terms:
+            t += c * feats[i]
         return max(t, 1e-6)
 
     def time_of(self, sample: Sample) -> float:
