@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -87,6 +88,7 @@ def _engine_part(args) -> dict:
             "prefill_tok_s": prefill,
         }
         del engine
+        gc.collect()  # free its device buffers before the next engine allocates its own
     return result
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import pstats
 import statistics
 import time
@@ -123,6 +124,7 @@ def main() -> None:
                     _measure(engine, b, args.context, backend)
                 _measure_engine_step(engine, b, args.host_profile)
         del engine
+        gc.collect()  # free its device buffers before the next engine allocates its own
     logits = jax.random.normal(jax.random.key(0), (64, 128256), jnp.float32)
     s = SamplingInputs.build([], 64, 128256)
     fn = jax.jit(sample)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import typing
 from pathlib import Path
@@ -121,6 +122,9 @@ def run_bench(config: EngineConfig, bench: BenchConfig, *, quiet: bool = False) 
             print(format_block(name, metrics[name], bench.request_rate))
             print(format_per_adapter(adapters))
         _write_outputs(bench, name, cfg, metrics[name], adapters, result)
+        # Free this setting's weights and KV cache before the next engine allocates its own.
+        del engine, result
+        gc.collect()
     if len(settings) > 1 and not quiet:
         print(format_compare(metrics))
     if bench.plot_dir:

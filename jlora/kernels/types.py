@@ -101,9 +101,14 @@ def segments_np(
 
 
 def make_lora_batch(
-    token_slot: np.ndarray, slot_rank: np.ndarray, *, max_segments: int | None = None
+    token_slot: np.ndarray,
+    slot_rank: np.ndarray,
+    *,
+    max_segments: int | None = None,
+    on_device: bool = True,
 ) -> LoraBatch:
-    """Host-side builder of a step's :class:`LoraBatch` (numpy in, device arrays out).
+    """Host-side builder of a step's :class:`LoraBatch` (numpy in, device arrays out, or numpy
+    arrays with ``on_device=False``, for a caller that sends the step's inputs in one transfer).
 
     ``max_segments`` (default: the number of slots) is the static length of the segment table; keep
     it fixed across steps so that the jitted step does not recompile.
@@ -124,13 +129,13 @@ def make_lora_batch(
     if max_segments is None:
         max_segments = max(len(slot_rank), 1)
     seg_slot, seg_start, seg_end = segments_np(token_slot, slot_rank, max_segments)
-    jnp = jax.numpy
+    put = jax.numpy.asarray if on_device else np.asarray
     return LoraBatch(
-        token_slot=jnp.asarray(token_slot),
-        slot_rank=jnp.asarray(slot_rank),
-        seg_slot=jnp.asarray(seg_slot),
-        seg_start=jnp.asarray(seg_start),
-        seg_end=jnp.asarray(seg_end),
+        token_slot=put(token_slot),
+        slot_rank=put(slot_rank),
+        seg_slot=put(seg_slot),
+        seg_start=put(seg_start),
+        seg_end=put(seg_end),
     )
 
 

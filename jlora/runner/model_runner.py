@@ -27,6 +27,7 @@ from jlora.kernels.types import NO_SLOT, LoraBatch, make_lora_batch
 from jlora.runner.attention import DecodeAttention, PrefillAttention
 from jlora.runner.base import DecodeSeq, PrefillSeq
 from jlora.runner.buckets import ShapeBuckets
+from jlora.runner.host_inputs import PackSpec, pack, unpack
 from jlora.runner.kv_cache import (
     TRASH_PAGE,
     KVCache,
@@ -160,6 +161,24 @@ def decode_step(
     )
 
 
+@functools.partial(jax.jit, static_argnames=("step", "spec", *_STATIC), donate_argnames=("kv",))
+def packed_step(
+    params: LlamaParams,
+    lora: LoraLayers,
+    kv: KVCache,
+    packed: jax.Array,  # [N] int32: the step's host inputs (see jlora.runner.host_inputs)
+    step,  # prefill_step or decode_step
+    spec: PackSpec,
+    cfg: ModelConfig,
+    lora_backend: str,
+    mesh: Mesh | None = None,
+) -> tuple[jax.Array, KVCache]:
+    """``step`` over inputs that came from the host in one transfer (the inner jit is inlined)."""
+    return step(
+        params, lora, kv, *unpack(packed, spec), cfg=cfg, lora_backend=lora_backend, mesh=mesh
+    )
+
+
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def score_step(
     params: LlamaParams,
@@ -240,8 +259,24 @@ class ModelRunner:
         assert_same_everywhere(f"the load of slot {slot}", adapter and adapter.name or "")
         self.slots.put(slot, adapter)
 
-    def _lora_batch(self, token_slot: np.ndarray) -> LoraBatch:
-        return make_lora_batch(token_slot, self.slots.slot_rank)
+    def _lora_batch(self, token_slot: np.ndarray, on_device: bool = True) -> LoraBatch:
+        return make_lora_batch(token_slot, self.slots.slot_rank, on_device=on_device)
+
+    def _run(self, step, inputs: tuple) -> jax.Array:
+        """Run ``step`` over the numpy ``inputs`` sent in one transfer; keep the new KV cache."""
+        packed, spec = pack(inputs)
+        out, self.kv = packed_step(
+            self.params,
+            self.slots.layers,
+            self.kv,
+            packed,
+            step=step,
+            spec=spec,
+            cfg=self.cfg,
+            lora_backend=self.lora_backend,
+            mesh=self.mesh,
+        )
+        return out
 
     # ------------------------------------------------------------------ steps
     def prefill(self, seqs: list[PrefillSeq]) -> list[int | None]:
@@ -297,28 +332,16 @@ class ModelRunner:
             lambda: repr(rows),
         )
         attention = PrefillAttention(
-            slot_mapping=jnp.asarray(slot_mapping),
-            seq_ids=jnp.asarray(seq_ids),
-            positions=jnp.asarray(positions),
-            prefix_pages=jnp.asarray(prefix_pages),
-            prefix_len=jnp.int32(prefix_len),
-            prefix_seq=jnp.int32(prefix_seq),
+            slot_mapping=slot_mapping,
+            seq_ids=seq_ids,
+            positions=positions,
+            prefix_pages=prefix_pages,
+            prefix_len=np.int32(prefix_len),
+            prefix_seq=np.int32(prefix_seq),
         )
-        sampling = SamplingInputs.build(rows, b.prefill_rows, self.cfg.vocab_size)
-        next_tokens, self.kv = prefill_step(
-            self.params,
-            self.slots.layers,
-            self.kv,
-            jnp.asarray(tokens),
-            attention,
-            self._lora_batch(token_slot),
-            jnp.asarray(last_index),
-            sampling,
-            cfg=self.cfg,
-            lora_backend=self.lora_backend,
-            mesh=self.mesh,
-        )
-        next_tokens = np.asarray(next_tokens)
+        sampling = SamplingInputs.build(rows, b.prefill_rows, self.cfg.vocab_size, False)
+        inputs = (tokens, attention, self._lora_batch(token_slot, False), last_index, sampling)
+        next_tokens = np.asarray(self._run(prefill_step, inputs))
         return [int(next_tokens[row_of[i]]) if i in row_of else None for i in range(len(seqs))]
 
     def decode(self, seqs: list[DecodeSeq]) -> list[int]:
@@ -346,26 +369,20 @@ class ModelRunner:
             "a decode step", tokens, positions, page_table, token_slot, lambda: repr(rows)
         )
         attention = DecodeAttention(
-            slot_mapping=jnp.asarray(slot_mapping),
-            page_table=jnp.asarray(page_table),
-            seq_lens=jnp.asarray(seq_lens),
+            slot_mapping=slot_mapping,
+            page_table=page_table,
+            seq_lens=seq_lens,
             backend=self.attention_backend,
             interpret=self._interpret,
         )
-        next_tokens, self.kv = decode_step(
-            self.params,
-            self.slots.layers,
-            self.kv,
-            jnp.asarray(tokens),
-            jnp.asarray(positions),
+        inputs = (
+            tokens,
+            positions,
             attention,
-            self._lora_batch(token_slot),
-            SamplingInputs.build(rows, bsz, self.cfg.vocab_size),
-            cfg=self.cfg,
-            lora_backend=self.lora_backend,
-            mesh=self.mesh,
+            self._lora_batch(token_slot, False),
+            SamplingInputs.build(rows, bsz, self.cfg.vocab_size, False),
         )
-        next_tokens = np.asarray(next_tokens)
+        next_tokens = np.asarray(self._run(decode_step, inputs))
         out = [0] * len(seqs)
         for row, i in enumerate(order):
             out[i] = int(next_tokens[row])
@@ -411,56 +428,57 @@ class ModelRunner:
         if empty:  # a slot already written means the update is compiled
             self.slots.put(empty[0], None)
         for shape in self.buckets.all_shapes():
-            step, args = self._padding_step(shape)
-            out, self.kv = step(*args, cfg=self.cfg, lora_backend=self.lora_backend, mesh=self.mesh)
-            out.block_until_ready()
+            self._run(*self._padding_step(shape)).block_until_ready()
 
     def compiled_text(self, shape: tuple) -> str:
         """The compiled HLO text of one bucket's step (``shape`` from ``buckets.all_shapes()``),
         e.g. to count its collectives."""
-        step, args = self._padding_step(shape)
-        lowered = step.lower(*args, cfg=self.cfg, lora_backend=self.lora_backend, mesh=self.mesh)
+        step, inputs = self._padding_step(shape)
+        packed, spec = pack(inputs)
+        lowered = packed_step.lower(
+            self.params,
+            self.slots.layers,
+            self.kv,
+            packed,
+            step=step,
+            spec=spec,
+            cfg=self.cfg,
+            lora_backend=self.lora_backend,
+            mesh=self.mesh,
+        )
         return lowered.compile().as_text()
 
     def _padding_step(self, shape: tuple) -> tuple:
-        """The step function of a bucket and all-padding arguments for it (they write only the
+        """The step function of a bucket and all-padding host inputs for it (they write only the
         trash page)."""
-        lead = (self.params, self.slots.layers, self.kv)
         if shape[0] == "prefill":
             t, r = shape[1], self.buckets.prefill_rows
-            zeros = jnp.zeros(t, jnp.int32)
+            zeros = np.zeros(t, np.int32)
             attention = PrefillAttention(
                 slot_mapping=zeros,
-                seq_ids=jnp.full(t, -1, jnp.int32),
+                seq_ids=np.full(t, -1, np.int32),
                 positions=zeros,
-                prefix_pages=jnp.zeros(self.buckets.prefix_pages, jnp.int32),
-                prefix_len=jnp.int32(0),
-                prefix_seq=jnp.int32(-2),
+                prefix_pages=np.zeros(self.buckets.prefix_pages, np.int32),
+                prefix_len=np.int32(0),
+                prefix_seq=np.int32(-2),
             )
-            sampling = SamplingInputs.build([], r, self.cfg.vocab_size)
-            lora_batch = self._lora_batch(np.full(t, NO_SLOT))
-            return prefill_step, (
-                *lead,
-                zeros,
-                attention,
-                lora_batch,
-                jnp.zeros(r, jnp.int32),
-                sampling,
-            )
+            sampling = SamplingInputs.build([], r, self.cfg.vocab_size, False)
+            lora_batch = self._lora_batch(np.full(t, NO_SLOT), False)
+            return prefill_step, (zeros, attention, lora_batch, np.zeros(r, np.int32), sampling)
         _, bsz, p = shape
-        zeros = jnp.zeros(bsz, jnp.int32)
+        zeros = np.zeros(bsz, np.int32)
         attention = DecodeAttention(
             slot_mapping=zeros,
-            page_table=jnp.zeros((bsz, p), jnp.int32),
+            page_table=np.zeros((bsz, p), np.int32),
             seq_lens=zeros,
             backend=self.attention_backend,
             interpret=self._interpret,
         )
-        sampling = SamplingInputs.build([], bsz, self.cfg.vocab_size)
-        lora_batch = self._lora_batch(np.full(bsz, NO_SLOT))
-        return decode_step, (*lead, zeros, zeros, attention, lora_batch, sampling)
+        sampling = SamplingInputs.build([], bsz, self.cfg.vocab_size, False)
+        lora_batch = self._lora_batch(np.full(bsz, NO_SLOT), False)
+        return decode_step, (zeros, zeros, attention, lora_batch, sampling)
 
     @staticmethod
     def compiled_count() -> int:
         """Compiled executables of the step functions, summed (tests check it stays flat)."""
-        return sum(f._cache_size() for f in (prefill_step, decode_step, score_step))
+        return sum(f._cache_size() for f in (packed_step, prefill_step, decode_step, score_step))

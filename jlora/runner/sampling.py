@@ -25,8 +25,15 @@ class SamplingInputs:
     step: jax.Array  # [B] int32, index of the token being sampled
 
     @classmethod
-    def build(cls, rows: list[tuple[SamplingParams, int, int]], size: int, vocab: int):
-        """``rows``: (params, seed, output index) per live row; padded to ``size`` greedy rows."""
+    def build(
+        cls,
+        rows: list[tuple[SamplingParams, int, int]],
+        size: int,
+        vocab: int,
+        on_device: bool = True,
+    ):
+        """``rows``: (params, seed, output index) per live row; padded to ``size`` greedy rows.
+        Numpy arrays with ``on_device=False`` (for :func:`jlora.runner.host_inputs.pack`)."""
         temperature = np.zeros(size, np.float32)
         top_p = np.ones(size, np.float32)
         top_k = np.full(size, vocab, np.int32)
@@ -35,7 +42,8 @@ class SamplingInputs:
         for i, (p, s, n) in enumerate(rows):
             temperature[i], top_p[i], seed[i], step[i] = p.temperature, p.top_p, s, n
             top_k[i] = vocab if p.top_k == -1 else min(p.top_k, vocab)
-        return cls(*(jnp.asarray(a) for a in (temperature, top_p, top_k, seed, step)))
+        put = jnp.asarray if on_device else np.asarray
+        return cls(*(put(a) for a in (temperature, top_p, top_k, seed, step)))
 
 
 def sample(logits: jax.Array, s: SamplingInputs) -> jax.Array:  # [B, V] f32 -> [B] int32
