@@ -73,6 +73,9 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also append the raw metrics here")
     p.add_argument("--tensorboard-dir", default=None)
     p.add_argument(
+        "--output-file", default=None, help="SGLang-style JSON line per setting, as each ends"
+    )
+    p.add_argument(
         "--render",
         nargs="+",
         default=None,
@@ -85,7 +88,11 @@ def main() -> None:
         for path in args.render:
             for line in Path(path).read_text().splitlines():
                 record = json.loads(line)
-                tables.setdefault(record["rate"], {}).update(record["metrics"])
+                if "setting" in record:  # an --output-file line: one setting of one rate
+                    rate = record["bench_config"]["request_rate"]
+                    tables.setdefault(rate, {})[record["setting"]] = record
+                else:  # a --json line: every setting of one rate
+                    tables.setdefault(record["rate"], {}).update(record["metrics"])
         if not args.settings:  # every setting found, in the canonical order
             found = {name for metrics in tables.values() for name in metrics}
             settings = [s for s in all_settings(sorted({0.5, 1.0, 3.0, *args.thresholds}))]
@@ -128,6 +135,7 @@ def main() -> None:
             if not args.tensorboard_dir
             else f"{args.tensorboard_dir}/r{rate:g}",
             disable_tqdm=True,
+            output_file=args.output_file,
         )
         out = run_bench(engine, bench)
         tables[rate] = out["metrics"]
