@@ -215,6 +215,8 @@ class Scheduler:
         busy = self.running_adapters() if busy is None else busy
         if not self.uses_unit(name):
             return -1
+        if self.slot_units(busy) + (name not in busy) > self.adapters.num_slots:
+            return None  # no unit left, before counting holds (they only take more)
         held = self._held_for_others(name, busy)
         if any(v == name for v, _ in held):
             return None  # it owes its slot to another adapter
@@ -326,13 +328,17 @@ class Scheduler:
                 ok = seatable[name] = self.free_slot(name, busy) is not None
             return ok
 
+        paused_left = len(self.paused)  # at least the paused requests not walked yet
         for req in self.policy.order(self.paused + self.waiting, now):
             if len(self.running) >= cfg.max_running_requests:
                 break
             if budget <= 0 or len(plan.prefill) >= cfg.max_prefill_seqs:
                 admitting = False
+            if not admitting and not paused_left:
+                break  # the rest wait, and none of them is paused: nothing left to do
             name = req.lora_name
             if req.status == Status.PAUSED:
+                paused_left -= 1
                 if name not in busy:
                     if not can_get_slot(name):
                         continue
