@@ -66,14 +66,42 @@ def parse_setting(text: str) -> tuple[str, dict[str, object]]:
     return name, overrides
 
 
+# Settings that only change host-side scheduling: an engine for one of them can take over the
+# device runner (weights, KV cache, adapter slot buffers, compiled steps) of the previous setting.
+SCHEDULING_FIELDS = frozenset(
+    {
+        "lora_drain_wait_threshold",
+        "lora_drain_policy",
+        "lora_eviction_policy",
+        "base_model_uses_slot",
+        "max_loaded_loras",
+    }
+)
+_last_runner: list = []  # [(config with scheduling fields reset, runner)] of the last real engine
+
+
+def _runner_key(config: EngineConfig) -> EngineConfig:
+    defaults = EngineConfig(model=config.model)
+    return dataclasses.replace(config, **{f: getattr(defaults, f) for f in SCHEDULING_FIELDS})
+
+
 def make_engine(config: EngineConfig, bench: BenchConfig):
+    """The engine of one setting. Successive settings that differ only in scheduling share one
+    device runner: building and compiling the 8B model again would cost a minute or more each.
+    The new engine's adapter pool starts empty and rewrites each slot it uses; its page pool starts
+    empty, so what the cache held is never read."""
     from jlora.engine import Engine
 
     if bench.backend == "sim":
         from jlora.sim import make_sim_engine
 
         return make_sim_engine(config, bench.sim_cost_model)
-    return Engine(config)
+    key = _runner_key(config)
+    runner = _last_runner[0][1] if _last_runner and _last_runner[0][0] == key else None
+    _last_runner.clear()  # drop the old runner unless reused, so its memory can be freed
+    engine = Engine(config, runner=runner)
+    _last_runner.append((key, engine.runner))
+    return engine
 
 
 def run_bench(config: EngineConfig, bench: BenchConfig, *, quiet: bool = False) -> dict:
