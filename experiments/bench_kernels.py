@@ -548,6 +548,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--launch-ms", type=float, default=None, help="cost of a launch when tuning")
     p.add_argument("--no-copy", action="store_true", help="skip measuring the copy ceiling")
+    p.add_argument(
+        "--split-decode",
+        action="store_true",
+        help="pallas: the split (shrink, then expand) launch form for T <= 64",
+    )
     args = p.parse_args(argv)
     start = time.time()
     deadline = start + args.budget_s
@@ -606,6 +611,14 @@ def main(argv=None) -> int:
         log("}")
         tuned_blocks.GPU_TUNED.update(tuned)
     blocks_fn = gpu_blocks
+    if args.split_decode:  # the two-launch form at decode sizes, to weigh its launches in a step
+
+        def blocks_fn(num_tokens, d_in, outs):
+            blocks = gpu_blocks(num_tokens, d_in, outs)
+            if num_tokens > 64:
+                return blocks
+            units = d_in // blocks.block_k
+            return dataclasses.replace(blocks, split_k=units // 2 if units > 4 else units)
 
     method_fns = {
         "pallas": make_pallas(blocks_fn, interpret),
