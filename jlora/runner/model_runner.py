@@ -262,20 +262,18 @@ class ModelRunner:
     def _lora_batch(self, token_slot: np.ndarray, on_device: bool = True) -> LoraBatch:
         return make_lora_batch(token_slot, self.slots.slot_rank, on_device=on_device)
 
+    def _packed_call(self, step, inputs: tuple) -> tuple[tuple, dict]:
+        """Arguments of :func:`packed_step` running ``step`` over the numpy ``inputs``."""
+        packed, spec = pack(inputs)
+        static = dict(
+            step=step, spec=spec, cfg=self.cfg, lora_backend=self.lora_backend, mesh=self.mesh
+        )
+        return (self.params, self.slots.layers, self.kv, packed), static
+
     def _run(self, step, inputs: tuple) -> jax.Array:
         """Run ``step`` over the numpy ``inputs`` sent in one transfer; keep the new KV cache."""
-        packed, spec = pack(inputs)
-        out, self.kv = packed_step(
-            self.params,
-            self.slots.layers,
-            self.kv,
-            packed,
-            step=step,
-            spec=spec,
-            cfg=self.cfg,
-            lora_backend=self.lora_backend,
-            mesh=self.mesh,
-        )
+        args, static = self._packed_call(step, inputs)
+        out, self.kv = packed_step(*args, **static)
         return out
 
     # ------------------------------------------------------------------ steps
@@ -433,20 +431,8 @@ class ModelRunner:
     def compiled_text(self, shape: tuple) -> str:
         """The compiled HLO text of one bucket's step (``shape`` from ``buckets.all_shapes()``),
         e.g. to count its collectives."""
-        step, inputs = self._padding_step(shape)
-        packed, spec = pack(inputs)
-        lowered = packed_step.lower(
-            self.params,
-            self.slots.layers,
-            self.kv,
-            packed,
-            step=step,
-            spec=spec,
-            cfg=self.cfg,
-            lora_backend=self.lora_backend,
-            mesh=self.mesh,
-        )
-        return lowered.compile().as_text()
+        args, static = self._packed_call(*self._padding_step(shape))
+        return packed_step.lower(*args, **static).compile().as_text()
 
     def _padding_step(self, shape: tuple) -> tuple:
         """The step function of a bucket and all-padding host inputs for it (they write only the
