@@ -21,7 +21,7 @@ import platform
 import sys
 from pathlib import Path
 
-from jlora.bench.cli import run_bench
+from jlora.bench.cli import RunnerCache, run_bench
 from jlora.bench.config import BenchConfig
 from jlora.config import EngineConfig
 
@@ -122,6 +122,7 @@ def main() -> None:
         kv_len_buckets=(1024,),
     )
     tables = {}
+    runners = RunnerCache()  # every rate's settings share one device runner
     for rate in args.rates:
         bench = BenchConfig(
             backend=args.backend,
@@ -137,7 +138,7 @@ def main() -> None:
             disable_tqdm=True,
             output_file=args.output_file,
         )
-        out = run_bench(engine, bench)
+        out = run_bench(engine, bench, runners=runners)
         tables[rate] = out["metrics"]
         if args.json:
             with open(args.json, "a") as f:

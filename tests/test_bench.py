@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jlora import Engine, EngineConfig
-from jlora.bench.cli import build_parser, parse_setting
+from jlora.bench.cli import RunnerCache, build_parser, make_engine, parse_setting
 from jlora.bench.config import BenchConfig
 from jlora.bench.driver import run_workload
 from jlora.bench.metrics import compute_metrics, per_adapter_ttft
@@ -188,3 +188,22 @@ def test_driver_on_a_virtual_clock_is_exact_and_loses_nothing():
     for a, b in zip(result.outputs, again.outputs, strict=False):
         assert a.token_times == pytest.approx(b.token_times, abs=1e-9)
     json.dumps(compute_metrics(result.outputs, result.duration))
+
+
+def test_settings_differing_only_in_scheduling_share_the_device_runner():
+    config = EngineConfig(
+        model="tiny", lora_paths={"a": "dummy:4"}, max_lora_rank=8, context_length=64, warmup=False
+    )
+    bench = BenchConfig()
+    runners = RunnerCache()
+    first = make_engine(config, bench, runners)
+    drained = dataclasses.replace(
+        config, lora_drain_wait_threshold=0.5, lora_drain_policy="preempt"
+    )
+    second = make_engine(drained, bench, runners)
+    assert second.runner is first.runner
+    assert not second.adapters.occupant.count("a")  # its own pool: nothing seated yet
+    other = make_engine(dataclasses.replace(drained, max_lora_rank=16), bench, runners)
+    assert other.runner is not first.runner  # the slot buffers differ: a runner of its own
+    runners.clear()
+    assert make_engine(config, bench, runners).runner is not other.runner

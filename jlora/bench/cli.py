@@ -77,7 +77,32 @@ SCHEDULING_FIELDS = frozenset(
         "max_loaded_loras",
     }
 )
-_last_runner: list = []  # [(config with scheduling fields reset, runner)] of the last real engine
+
+
+class RunnerCache:
+    """The device runner of the last real engine built, for the next setting to take over when
+    they differ only in scheduling (:data:`SCHEDULING_FIELDS`). :func:`run_bench` keeps one for its
+    settings and drops it when it returns; a script that calls ``run_bench`` several times (e.g.
+    once per request rate) can pass one of its own to share the runner across the calls, and
+    calls :meth:`clear` when done."""
+
+    def __init__(self) -> None:
+        self._key: EngineConfig | None = None
+        self._runner = None
+
+    def take(self, config: EngineConfig):
+        """The cached runner if it serves ``config``, else None; either way the cache lets go of
+        it (a runner not reused must be freed before the next engine allocates its own)."""
+        key = _runner_key(config)
+        runner = self._runner if self._key == key else None
+        self.clear()
+        return runner
+
+    def put(self, config: EngineConfig, runner) -> None:
+        self._key, self._runner = _runner_key(config), runner
+
+    def clear(self) -> None:
+        self._key = self._runner = None
 
 
 def _runner_key(config: EngineConfig) -> EngineConfig:
@@ -85,27 +110,35 @@ def _runner_key(config: EngineConfig) -> EngineConfig:
     return dataclasses.replace(config, **{f: getattr(defaults, f) for f in SCHEDULING_FIELDS})
 
 
-def make_engine(config: EngineConfig, bench: BenchConfig):
-    """The engine of one setting. Successive settings that differ only in scheduling share one
-    device runner: building and compiling the 8B model again would cost a minute or more each.
-    The new engine's adapter pool starts empty and rewrites each slot it uses; its page pool starts
-    empty, so what the cache held is never read."""
+def make_engine(config: EngineConfig, bench: BenchConfig, runners: RunnerCache | None = None):
+    """The engine of one setting. With ``runners``, successive settings that differ only in
+    scheduling share one device runner: building and compiling the 8B model again would cost a
+    minute or more each. The new engine's adapter pool starts empty and rewrites each slot it
+    uses; its page pool starts empty, so what the cache held is never read."""
     from jlora.engine import Engine
 
     if bench.backend == "sim":
         from jlora.sim import make_sim_engine
 
         return make_sim_engine(config, bench.sim_cost_model)
-    key = _runner_key(config)
-    runner = _last_runner[0][1] if _last_runner and _last_runner[0][0] == key else None
-    _last_runner.clear()  # drop the old runner unless reused, so its memory can be freed
-    engine = Engine(config, runner=runner)
-    _last_runner.append((key, engine.runner))
+    engine = Engine(config, runner=runners.take(config) if runners else None)
+    if runners is not None:
+        runners.put(config, engine.runner)
     return engine
 
 
-def run_bench(config: EngineConfig, bench: BenchConfig, *, quiet: bool = False) -> dict:
-    """Run the workload under each setting; print and write the reports; return the metrics."""
+def run_bench(
+    config: EngineConfig,
+    bench: BenchConfig,
+    *,
+    quiet: bool = False,
+    runners: RunnerCache | None = None,
+) -> dict:
+    """Run the workload under each setting; print and write the reports; return the metrics.
+    ``runners``: share device runners with other calls (see :class:`RunnerCache`); by default the
+    settings of this call share one, released when it returns."""
+    own_runners = runners is None
+    runners = RunnerCache() if own_runners else runners
     settings = [parse_setting(s) for s in bench.compare] or [("run", {})]
     model = config.model_config()
     names = list(bench.lora_name) or list(config.lora_paths) or [None]
@@ -131,7 +164,7 @@ def run_bench(config: EngineConfig, bench: BenchConfig, *, quiet: bool = False) 
     timelines: dict[str, SlotTimeline] = {}
     for name, overrides in settings:
         cfg = dataclasses.replace(config, **overrides)
-        engine = make_engine(cfg, bench)
+        engine = make_engine(cfg, bench, runners)
         observers: list = [timelines.setdefault(name, SlotTimeline())]
         if bench.tensorboard_dir:
             observers.append(TensorBoardTrace(Path(bench.tensorboard_dir) / name, names))
@@ -164,6 +197,8 @@ def run_bench(config: EngineConfig, bench: BenchConfig, *, quiet: bool = False) 
             plot_slot_timeline(tl.points, f"slots over time: {name}", out / f"slots_{name}.png")
     if bench.tensorboard_dir and not quiet:
         print(f"\ntensorboard --logdir {bench.tensorboard_dir}")
+    if own_runners:
+        runners.clear()  # the device memory of the last setting is the caller's again
     return {"metrics": metrics, "results": results}
 
 
