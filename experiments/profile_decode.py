@@ -56,11 +56,11 @@ def _measure(engine: Engine, b: int, context: int, attention_backend: str) -> fl
     static = {"cfg": r.cfg, "lora_backend": "xla", "mesh": r.mesh}
 
     def step():
-        out, r.kv = mr.decode_step(r.params, r.slots.layers, r.kv, *inputs, **static)
+        out, r.kv = mr.model_step(r.params, r.slots.layers, r.kv, *inputs, **static)
         out.block_until_ready()
 
     device_ms = _median_ms(step)
-    lowered = mr.decode_step.lower(r.params, r.slots.layers, r.kv, *inputs, **static)
+    lowered = mr.model_step.lower(r.params, r.slots.layers, r.kv, *inputs, **static)
     cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     gb = cost.get("bytes accessed", float("nan")) / 1e9

@@ -186,7 +186,7 @@ def abstract_step_collectives(model: str, tp: int, batch: int = 64, context: int
     from jlora.kernels.types import make_lora_batch
     from jlora.runner.attention import DecodeAttention
     from jlora.runner.kv_cache import KVCache
-    from jlora.runner.model_runner import decode_step
+    from jlora.runner.model_runner import model_step
     from jlora.runner.sampling import SamplingInputs
     from jlora.tensor_parallel import KV_SHARDING, count_collectives, make_mesh
     from models.llama import LayerParams, LlamaParams
@@ -227,7 +227,7 @@ def abstract_step_collectives(model: str, tp: int, batch: int = 64, context: int
     lora_batch = make_lora_batch(z - 1, np.zeros(3, np.int32))
     sampling = SamplingInputs.build([], batch, cfg.vocab_size)
     args = (params, lora, kv, z, z, attention, lora_batch, sampling)
-    lowered = decode_step.lower(*args, cfg=cfg, lora_backend="xla", mesh=mesh)
+    lowered = model_step.lower(*args, cfg=cfg, lora_backend="xla", mesh=mesh)
     t = time.perf_counter()
     text = lowered.compile().as_text()
     return {

@@ -51,130 +51,66 @@ def _shard(cfg: ModelConfig, mesh: Mesh | None) -> tuple[ModelConfig, str | None
     return local_config(cfg, mesh.shape[TP_AXIS]), TP_AXIS
 
 
-def _forward_sample_commit(
-    params,
-    lora,
-    kv,
-    tokens,
-    positions,
-    attention,
-    lora_batch,
-    sampling,
-    rows,
-    shard_cfg: ModelConfig,
-    tp_axis: str | None,
-    lora_backend: str,
-):
-    """One shard's step: the forward over the cache, a token sampled for ``rows`` of the hidden
-    states (all rows when None), and the step's new K/V written into the cache."""
-    hidden, state = forward(
-        params,
-        shard_cfg,
-        tokens,
-        positions,
-        attention,
-        kv_state(kv),
-        lora,
-        lora_batch,
-        lora_backend,
-        tp_axis,
-    )
-    if rows is not None:
-        hidden = hidden[rows]
-    next_tokens = sample(logits(params, hidden, tp_axis), sampling)
-    return next_tokens, commit_kv_state(state, attention.slot_mapping)
-
-
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("kv",))
-def prefill_step(
+def model_step(
     params: LlamaParams,
     lora: LoraLayers,
     kv: KVCache,
-    tokens: jax.Array,  # [T] int32
-    attention: PrefillAttention,
+    tokens: jax.Array,  # [T] int32 (decode: one token per sequence, T = B)
+    positions: jax.Array,  # [T] int32
+    attention: PrefillAttention | DecodeAttention,
     lora_batch: LoraBatch,
-    last_index: jax.Array,  # [R] int32, each sampled sequence's last token
     sampling: SamplingInputs,  # [R]
+    rows: jax.Array
+    | None = None,  # [R] int32, the tokens sampled from (prefill); None: all (decode)
+    *,
     cfg: ModelConfig,
     lora_backend: str,
     mesh: Mesh | None = None,
 ) -> tuple[jax.Array, KVCache]:  # next tokens [R], kv
+    """One prefill or decode step: the forward over the KV cache, a token sampled for each of
+    ``rows`` of the hidden states, and the step's new K/V written into the cache (donated). Under
+    tensor parallelism the body runs once per shard; the host inputs are replicated."""
     shard_cfg, tp_axis = _shard(cfg, mesh)
 
-    def body(params, lora, kv, tokens, attention, lora_batch, last_index, sampling):
-        return _forward_sample_commit(
+    def body(params, lora, kv, host):
+        tokens, positions, attention, lora_batch, sampling, rows = host
+        hidden, state = forward(
             params,
-            lora,
-            kv,
-            tokens,
-            attention.positions,
-            attention,
-            lora_batch,
-            sampling,
-            last_index,
             shard_cfg,
-            tp_axis,
-            lora_backend,
-        )
-
-    specs = (param_specs(params), lora_specs(cfg.num_layers), _KV_SPECS) + (P(),) * 5
-    return per_shard(body, mesh, specs, (P(), _KV_SPECS))(
-        params, lora, kv, tokens, attention, lora_batch, last_index, sampling
-    )
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("kv",))
-def decode_step(
-    params: LlamaParams,
-    lora: LoraLayers,
-    kv: KVCache,
-    tokens: jax.Array,  # [B] int32
-    positions: jax.Array,  # [B] int32
-    attention: DecodeAttention,
-    lora_batch: LoraBatch,
-    sampling: SamplingInputs,  # [B]
-    cfg: ModelConfig,
-    lora_backend: str,
-    mesh: Mesh | None = None,
-) -> tuple[jax.Array, KVCache]:  # next tokens [B], kv
-    shard_cfg, tp_axis = _shard(cfg, mesh)
-
-    def body(params, lora, kv, tokens, positions, attention, lora_batch, sampling):
-        return _forward_sample_commit(
-            params,
-            lora,
-            kv,
             tokens,
             positions,
             attention,
+            kv_state(kv),
+            lora,
             lora_batch,
-            sampling,
-            None,
-            shard_cfg,
-            tp_axis,
             lora_backend,
+            tp_axis,
         )
+        if rows is not None:
+            hidden = hidden[rows]
+        next_tokens = sample(logits(params, hidden, tp_axis), sampling)
+        return next_tokens, commit_kv_state(state, attention.slot_mapping)
 
-    specs = (param_specs(params), lora_specs(cfg.num_layers), _KV_SPECS) + (P(),) * 5
-    return per_shard(body, mesh, specs, (P(), _KV_SPECS))(
-        params, lora, kv, tokens, positions, attention, lora_batch, sampling
-    )
+    specs = (param_specs(params), lora_specs(cfg.num_layers), _KV_SPECS, P())
+    host = (tokens, positions, attention, lora_batch, sampling, rows)
+    return per_shard(body, mesh, specs, (P(), _KV_SPECS))(params, lora, kv, host)
 
 
-@functools.partial(jax.jit, static_argnames=("step", "spec", *_STATIC), donate_argnames=("kv",))
+@functools.partial(jax.jit, static_argnames=("spec", *_STATIC), donate_argnames=("kv",))
 def packed_step(
     params: LlamaParams,
     lora: LoraLayers,
     kv: KVCache,
-    packed: jax.Array,  # [N] int32: the step's host inputs (see jlora.runner.host_inputs)
-    step,  # prefill_step or decode_step
+    packed: jax.Array,  # [N] int32: model_step's host inputs (see jlora.runner.host_inputs)
     spec: PackSpec,
     cfg: ModelConfig,
     lora_backend: str,
     mesh: Mesh | None = None,
 ) -> tuple[jax.Array, KVCache]:
-    """``step`` over inputs that came from the host in one transfer (the inner jit is inlined)."""
-    return step(
+    """:func:`model_step` over inputs that came from the host in one transfer (its jit is
+    inlined)."""
+    return model_step(
         params, lora, kv, *unpack(packed, spec), cfg=cfg, lora_backend=lora_backend, mesh=mesh
     )
 
@@ -262,17 +198,15 @@ class ModelRunner:
     def _lora_batch(self, token_slot: np.ndarray, on_device: bool = True) -> LoraBatch:
         return make_lora_batch(token_slot, self.slots.slot_rank, on_device=on_device)
 
-    def _packed_call(self, step, inputs: tuple) -> tuple[tuple, dict]:
-        """Arguments of :func:`packed_step` running ``step`` over the numpy ``inputs``."""
+    def _packed_call(self, inputs: tuple) -> tuple[tuple, dict]:
+        """Arguments of :func:`packed_step` over :func:`model_step`'s numpy host ``inputs``."""
         packed, spec = pack(inputs)
-        static = dict(
-            step=step, spec=spec, cfg=self.cfg, lora_backend=self.lora_backend, mesh=self.mesh
-        )
+        static = dict(spec=spec, cfg=self.cfg, lora_backend=self.lora_backend, mesh=self.mesh)
         return (self.params, self.slots.layers, self.kv, packed), static
 
-    def _run(self, step, inputs: tuple) -> jax.Array:
-        """Run ``step`` over the numpy ``inputs`` sent in one transfer; keep the new KV cache."""
-        args, static = self._packed_call(step, inputs)
+    def _run(self, inputs: tuple) -> jax.Array:
+        """Run a step over the numpy ``inputs`` sent in one transfer; keep the new KV cache."""
+        args, static = self._packed_call(inputs)
         out, self.kv = packed_step(*args, **static)
         return out
 
@@ -338,8 +272,9 @@ class ModelRunner:
             prefix_seq=np.int32(prefix_seq),
         )
         sampling = SamplingInputs.build(rows, b.prefill_rows, self.cfg.vocab_size, False)
-        inputs = (tokens, attention, self._lora_batch(token_slot, False), last_index, sampling)
-        next_tokens = np.asarray(self._run(prefill_step, inputs))
+        lora_batch = self._lora_batch(token_slot, False)
+        inputs = (tokens, positions, attention, lora_batch, sampling, last_index)
+        next_tokens = np.asarray(self._run(inputs))
         return [int(next_tokens[row_of[i]]) if i in row_of else None for i in range(len(seqs))]
 
     def decode(self, seqs: list[DecodeSeq]) -> list[int]:
@@ -380,7 +315,7 @@ class ModelRunner:
             self._lora_batch(token_slot, False),
             SamplingInputs.build(rows, bsz, self.cfg.vocab_size, False),
         )
-        next_tokens = np.asarray(self._run(decode_step, inputs))
+        next_tokens = np.asarray(self._run(inputs))
         out = [0] * len(seqs)
         for row, i in enumerate(order):
             out[i] = int(next_tokens[row])
@@ -426,17 +361,16 @@ class ModelRunner:
         if empty:  # a slot already written means the update is compiled
             self.slots.put(empty[0], None)
         for shape in self.buckets.all_shapes():
-            self._run(*self._padding_step(shape)).block_until_ready()
+            self._run(self._padding_inputs(shape)).block_until_ready()
 
     def compiled_text(self, shape: tuple) -> str:
         """The compiled HLO text of one bucket's step (``shape`` from ``buckets.all_shapes()``),
         e.g. to count its collectives."""
-        args, static = self._packed_call(*self._padding_step(shape))
+        args, static = self._packed_call(self._padding_inputs(shape))
         return packed_step.lower(*args, **static).compile().as_text()
 
-    def _padding_step(self, shape: tuple) -> tuple:
-        """The step function of a bucket and all-padding host inputs for it (they write only the
-        trash page)."""
+    def _padding_inputs(self, shape: tuple) -> tuple:
+        """All-padding host inputs of a bucket's step (they write only the trash page)."""
         if shape[0] == "prefill":
             t, r = shape[1], self.buckets.prefill_rows
             zeros = np.zeros(t, np.int32)
@@ -450,7 +384,7 @@ class ModelRunner:
             )
             sampling = SamplingInputs.build([], r, self.cfg.vocab_size, False)
             lora_batch = self._lora_batch(np.full(t, NO_SLOT), False)
-            return prefill_step, (zeros, attention, lora_batch, np.zeros(r, np.int32), sampling)
+            return (zeros, zeros, attention, lora_batch, sampling, np.zeros(r, np.int32))
         _, bsz, p = shape
         zeros = np.zeros(bsz, np.int32)
         attention = DecodeAttention(
@@ -462,9 +396,9 @@ class ModelRunner:
         )
         sampling = SamplingInputs.build([], bsz, self.cfg.vocab_size, False)
         lora_batch = self._lora_batch(np.full(bsz, NO_SLOT), False)
-        return decode_step, (zeros, zeros, attention, lora_batch, sampling)
+        return (zeros, zeros, attention, lora_batch, sampling)
 
     @staticmethod
     def compiled_count() -> int:
         """Compiled executables of the step functions, summed (tests check it stays flat)."""
-        return sum(f._cache_size() for f in (packed_step, prefill_step, decode_step, score_step))
+        return sum(f._cache_size() for f in (packed_step, model_step, score_step))
