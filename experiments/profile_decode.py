@@ -3,16 +3,25 @@ large and a small KV cache (a step that copied the cache would slow with its siz
 decode attention backend (``xla`` gathers the page table's pages, ``pallas`` reads each sequence's
 own pages in place), the sampler alone, and XLA's own estimate of the bytes the step touches.
 
-    PYTHONPATH=. python experiments/profile_decode.py --model llama-3.1-8b
+``--trace``: a device trace of a few device-only steps (``jax.profiler``), read back in-process
+(``jax.profiler.ProfileData``): the GPU's busy time per step against the step's wall time (the
+difference is idle time between kernels), the kernels per step, and where the busy time goes, by
+kernel name.
+
+    PYTHONPATH=. python experiments/profile_decode.py --model llama-3.1-8b [--trace]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import gc
+import glob
 import pstats
+import re
 import statistics
+import tempfile
 import time
 
 import jax
@@ -35,7 +44,121 @@ def _median_ms(fn, reps: int = 20) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _measure(engine: Engine, b: int, context: int, attention_backend: str) -> float:
+def _kernel_events(xplane_file: str) -> list[tuple[str, float, float]]:
+    """(name, start_ns, duration_ns) of every event on the GPU planes' stream lines (kernels and
+    copies as the device ran them)."""
+    data = jax.profiler.ProfileData.from_file(xplane_file)
+    events = []
+    for plane in data.planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            if "stream" not in line.name.lower():
+                continue
+            events += [(e.name, e.start_ns, e.duration_ns) for e in line.events]
+    return events
+
+
+def _host_api_calls(xplane_file: str) -> dict[str, int]:
+    """Counts of the host's CUDA API calls in the trace (kernel launches against graph launches
+    tell whether a step ran as CUDA graphs), by call name."""
+    data = jax.profiler.ProfileData.from_file(xplane_file)
+    counts: dict[str, int] = collections.Counter()
+    for plane in data.planes:
+        if not plane.name.startswith("/host"):
+            continue
+        for line in plane.lines:
+            for e in line.events:
+                if e.name.startswith(("cu", "cuda")) and "Launch" in e.name:
+                    counts[e.name] += 1
+    return counts
+
+
+def _busy_ns(events: list[tuple[str, float, float]]) -> float:
+    """Length of the union of the events' intervals (kernels on several streams may overlap)."""
+    busy, end = 0.0, -1.0
+    for _, start, dur in sorted(events, key=lambda e: e[1]):
+        stop = start + dur
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    return busy
+
+
+def _kernel_family(name: str) -> str:
+    """A kernel name with its numeric instance suffixes removed (``loop_add_fusion_12`` and
+    ``loop_add_fusion_3`` are one family), so that a family sums one role over the layers."""
+    return re.sub(r"[._]\d+\b", "", name)[:90]
+
+
+def _hlo_op_names(hlo_text: str) -> dict[str, str]:
+    """Kernel name -> the jax op name (with its named scopes) of each top-level instruction of a
+    compiled module. Trace kernel names are the instruction names with ``.`` as ``_``."""
+    names = {}
+    pattern = r"^\s*(?:ROOT )?%(\S+) = .*?metadata=\{op_name=\"([^\"]+)\""
+    for m in re.finditer(pattern, hlo_text, re.M):
+        names[m.group(1).replace(".", "_")] = m.group(2)
+    return names
+
+
+def _short_op(op_name: str) -> str:
+    """``jit(model_step)/jit(main)/gate_up/dot_general`` -> ``gate_up/dot_general``."""
+    parts = [p for p in op_name.split("/") if not p.startswith("jit(")]
+    return "/".join(parts[-3:])
+
+
+def _trace(step, steps: int, label: str, hlo_text: str = "") -> None:
+    """Trace ``steps`` calls of ``step`` and print where the GPU's time goes; with the step's
+    compiled HLO, each kernel family also names the ops (named scopes) its kernels come from."""
+    step()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        with jax.profiler.trace(tmp):
+            for _ in range(steps):
+                step()
+        wall_ms = 1e3 * (time.perf_counter() - t0) / steps
+        files = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
+        events = _kernel_events(files[0]) if files else []
+        launches = _host_api_calls(files[0]) if files else {}
+    if not events:
+        print(f"[{label}] the trace holds no GPU stream events")
+        return
+    span_ms = (max(s + d for _, s, d in events) - min(s for _, s, _ in events)) / 1e6 / steps
+    busy_ms = _busy_ns(events) / 1e6 / steps
+    print(
+        f"[{label}] per step: wall {wall_ms:.2f} ms (traced), GPU span {span_ms:.2f} ms, "
+        f"GPU busy {busy_ms:.2f} ms, idle between kernels {span_ms - busy_ms:.2f} ms, "
+        f"{len(events) / steps:.0f} kernels"
+    )
+    print(
+        "  host launch calls per step: "
+        + (", ".join(f"{k} {v / steps:.0f}" for k, v in sorted(launches.items())) or "none seen")
+    )
+    op_names = _hlo_op_names(hlo_text)
+    by_family: dict[str, list[float]] = collections.defaultdict(list)
+    by_op: dict[str, list[float]] = collections.defaultdict(list)
+    for name, _, dur in events:
+        by_family[_kernel_family(name)].append(dur)
+        by_op[_short_op(op_names.get(name, "?" + _kernel_family(name)))].append(dur)
+    for title, groups in (("by kernel family", by_family), ("by op (named scope)", by_op)):
+        print(f"  {title}:")
+        for key, durs in sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:30]:
+            print(
+                f"    {sum(durs) / 1e6 / steps:6.3f} ms/step {len(durs) / steps:6.0f} x "
+                f"{statistics.median(durs) / 1e3:7.1f} us median  {key}"
+            )
+
+
+def _measure(
+    engine: Engine,
+    b: int,
+    context: int,
+    attention_backend: str,
+    trace_steps: int = 0,
+    cost: bool = True,
+    lora_backend: str = "xla",
+) -> float:
+    """Device-only step time; ``lora_backend="none"`` runs the step with no LoRA at all."""
     r = engine.runner
     kv_gb = (r.kv.k.nbytes + r.kv.v.nbytes) / 1e9
     pages = context // engine.config.page_size
@@ -49,23 +172,31 @@ def _measure(engine: Engine, b: int, context: int, attention_backend: str) -> fl
     )
     tokens = jnp.asarray(rng.integers(0, 1000, b).astype(np.int32))
     positions = jnp.full(b, 128, jnp.int32)
-    lb = r._lora_batch(np.full(b, -1))
-    sampling = SamplingInputs.build([], b, engine.model_config.vocab_size)
+    if lora_backend == "none":  # the bare model: no LoRA ops in the step at all
+        lora, lb = None, None
+    else:  # the slots' LoRA ops run, but no token has an adapter (a base-model batch)
+        lora, lb = r.slots.layers, r._lora_batch(np.full(b, -1))
 
-    inputs = (tokens, positions, att, lb, sampling)
-    static = {"cfg": r.cfg, "lora_backend": "xla", "mesh": r.mesh}
+    inputs = (tokens, positions, att, lb)
+    static = {"cfg": r.cfg, "lora_backend": "xla" if lora is None else lora_backend, "mesh": r.mesh}
 
     def step():
-        out, r.kv = mr.model_step(r.params, r.slots.layers, r.kv, *inputs, **static)
+        out, _, r.kv = mr.model_step(r.params, lora, r.kv, *inputs, **static)
         out.block_until_ready()
 
     device_ms = _median_ms(step)
-    lowered = mr.model_step.lower(r.params, r.slots.layers, r.kv, *inputs, **static)
-    cost = lowered.compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    gb = cost.get("bytes accessed", float("nan")) / 1e9
+    if trace_steps:
+        hlo = mr.model_step.lower(r.params, lora, r.kv, *inputs, **static).compile().as_text()
+        _trace(step, trace_steps, f"B={b} attention={attention_backend} lora={lora_backend}", hlo)
+    gb = float("nan")
+    if cost:  # compiles the step again: skipped under --device-only
+        lowered = mr.model_step.lower(r.params, lora, r.kv, *inputs, **static)
+        analysis = lowered.compile().cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, list) else analysis
+        gb = analysis.get("bytes accessed", float("nan")) / 1e9
     print(
-        f"kv cache {kv_gb:5.1f} GB  B={b:3d}  attention={attention_backend:6s}: device-only step "
+        f"kv cache {kv_gb:5.1f} GB  B={b:3d}  attention={attention_backend:6s} "
+        f"lora={lora_backend:6s}: device-only step "
         f"{device_ms:6.2f} ms, XLA bytes accessed {gb:6.1f} GB"
     )
     return device_ms
@@ -98,9 +229,24 @@ def main() -> None:
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--context", type=int, default=1024)
     p.add_argument("--host-profile", action="store_true", help="cProfile 20 engine steps")
+    p.add_argument(
+        "--trace", type=int, default=0, help="trace this many device-only steps (0: no trace)"
+    )
+    p.add_argument(
+        "--one-cache", action="store_true", help="only the large KV cache (skip the 8-page one)"
+    )
+    p.add_argument("--batches", default="1,64", help="decode batch sizes, a subset of 1,64")
+    p.add_argument("--attention", default="xla,pallas", help="decode attention backends to time")
+    p.add_argument(
+        "--lora", default="xla", help="LoRA backends of the device-only step (xla, pallas, none)"
+    )
+    p.add_argument(
+        "--device-only", action="store_true", help="skip the Engine.step timing and the sampler"
+    )
     args = p.parse_args()
     print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}")
-    for total_tokens in (128 * args.context, 8 * args.context):
+    batches = [int(x) for x in args.batches.split(",")]
+    for total_tokens in (128 * args.context,) + (() if args.one_cache else (8 * args.context,)):
         engine = Engine(
             EngineConfig(
                 model=args.model,
@@ -118,13 +264,19 @@ def main() -> None:
                 max_loras_per_batch=1,
             )
         )
-        for b in (1, 64):
+        for b in batches:
             if b <= total_tokens // args.context:
-                for backend in ("xla", "pallas"):
-                    _measure(engine, b, args.context, backend)
-                _measure_engine_step(engine, b, args.host_profile)
+                for backend in args.attention.split(","):
+                    for lora_backend in args.lora.split(","):
+                        trace = args.trace * (backend == "pallas")
+                        cost = not args.device_only
+                        _measure(engine, b, args.context, backend, trace, cost, lora_backend)
+                if not args.device_only:
+                    _measure_engine_step(engine, b, args.host_profile)
         del engine
         gc.collect()  # free its device buffers before the next engine allocates its own
+    if args.device_only:
+        return
     logits = jax.random.normal(jax.random.key(0), (64, 128256), jnp.float32)
     s = SamplingInputs.build([], 64, 128256)
     fn = jax.jit(sample)

@@ -187,7 +187,6 @@ def abstract_step_collectives(model: str, tp: int, batch: int = 64, context: int
     from jlora.runner.attention import DecodeAttention
     from jlora.runner.kv_cache import KVCache
     from jlora.runner.model_runner import model_step
-    from jlora.runner.sampling import SamplingInputs
     from jlora.tensor_parallel import KV_SHARDING, count_collectives, make_mesh
     from models.llama import LayerParams, LlamaParams
     from models.presets import get_preset
@@ -225,8 +224,7 @@ def abstract_step_collectives(model: str, tp: int, batch: int = 64, context: int
     page_table = np.zeros((batch, pages), np.int32)
     attention = DecodeAttention(slot_mapping=z, page_table=page_table, seq_lens=z)
     lora_batch = make_lora_batch(z - 1, np.zeros(3, np.int32))
-    sampling = SamplingInputs.build([], batch, cfg.vocab_size)
-    args = (params, lora, kv, z, z, attention, lora_batch, sampling)
+    args = (params, lora, kv, z, z, attention, lora_batch)
     lowered = model_step.lower(*args, cfg=cfg, lora_backend="xla", mesh=mesh)
     t = time.perf_counter()
     text = lowered.compile().as_text()

@@ -35,6 +35,11 @@ class EngineConfig:
     lora_paths: dict[str, str] = field(default_factory=dict)
     """Adapters by name: a PEFT directory, or ``dummy:RANK`` for a random adapter of that rank on
     all seven target modules."""
+    enable_lora: bool | None = None
+    """Compile the steps with LoRA (the adapter slots and their kernels). None: on when
+    ``lora_paths`` names an adapter; set it to load adapters only at run time
+    (``load_lora_adapter``). Off, the steps carry no LoRA ops at all and run at the base model's
+    speed (SGLang without ``--enable-lora``), and no adapter can be loaded."""
     max_loras_per_batch: int = 8
     """Device slots: the most distinct adapters one batch can mix."""
     max_loaded_loras: int | None = None
@@ -95,6 +100,19 @@ class EngineConfig:
     ``context_length``)."""
     warmup: bool = True
     """Compile every bucket at start-up, so serving never compiles."""
+    overlap_schedule: bool = False
+    """Overlap the host's work with the device's (SGLang's overlap scheduler): while decode step
+    N runs, step N+1 of the same requests is planned and dispatched, its input tokens read on the
+    device from step N's output; step N's tokens reach the host one ``step()`` later. Only while
+    the scheduler has nothing else to decide (no request waits, is paused or mid-prefill) and none
+    of the requests ends by length at N; otherwise the engine waits for step N first. A request
+    that stops (EOS) at N has computed one token more, which is dropped. Greedy outputs are the
+    same either way. Real runner only (the fake runner and the simulator run without it)."""
+
+    @property
+    def lora_enabled(self) -> bool:
+        """Whether the steps are compiled with LoRA (``enable_lora``, resolved)."""
+        return bool(self.lora_paths) if self.enable_lora is None else self.enable_lora
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -131,6 +149,10 @@ class EngineConfig:
                 if not value or any(not isinstance(v, int) or v < 1 for v in value):
                     raise ValueError(f"{name}={value!r} must be positive integers")
                 object.__setattr__(self, name, tuple(sorted(set(value))))
+        if self.enable_lora is False and self.lora_paths:
+            raise ValueError(
+                f"enable_lora=False but lora_paths names adapters ({', '.join(self.lora_paths)})"
+            )
         if self.max_loaded_loras is not None:
             _positive_int("max_loaded_loras", self.max_loaded_loras)
             if self.max_loaded_loras < self.max_loras_per_batch:

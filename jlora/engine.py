@@ -32,13 +32,19 @@ from jlora.clock import Clock
 from jlora.config import EngineConfig
 from jlora.distributed import engine_clock
 from jlora.kernels.types import NO_SLOT
-from jlora.runner.base import DecodeSeq, PrefillSeq, Runner
+from jlora.runner.base import FED_BACK, DecodeSeq, LaunchedDecode, PrefillSeq, Runner
 from jlora.runner.buckets import ShapeBuckets, geometric
 from jlora.runner.kv_cache import PagePool, kv_bytes_per_page
 from jlora.sampling import SamplingParams
 from jlora.scheduler.policies import make_policy
 from jlora.scheduler.request import Request, RequestOutput, Status, StreamEvent
-from jlora.scheduler.scheduler import Policy, Scheduler, SchedulerConfig, SchedulerState
+from jlora.scheduler.scheduler import (
+    Policy,
+    Scheduler,
+    SchedulerConfig,
+    SchedulerState,
+    StepPlan,
+)
 from jlora.tensor_parallel import check_tp, make_mesh
 from models.config import ModelConfig
 from models.weights import DTYPES, init_dummy_weights, load_hf_weights
@@ -114,13 +120,15 @@ class Engine:
                 params = init_dummy_weights(
                     self.model_config, config.dtype, config.random_seed, mesh
                 )
-            slots = SlotBuffers(
-                self.model_config,
-                config.max_loras_per_batch,
-                config.max_lora_rank,
-                config.dtype,
-                mesh,
-            )
+            slots = None  # LoRA off: no slot buffers, steps without LoRA ops
+            if config.lora_enabled:
+                slots = SlotBuffers(
+                    self.model_config,
+                    config.max_loras_per_batch,
+                    config.max_lora_rank,
+                    config.dtype,
+                    mesh,
+                )
         num_pages = kv_capacity_pages(config, self.model_config, self.context_length)
         self.pages = PagePool(num_pages, config.page_size)
         self.adapters = AdapterPool(
@@ -165,6 +173,11 @@ class Engine:
         self._events: dict[int, list[StreamEvent]] = {}
         self._seeds: dict[int, int] = {}  # rid -> sampling seed
         self.num_steps = 0
+        # Overlap scheduling: the dispatched decode step whose tokens the host has not read yet.
+        self._overlap = config.overlap_schedule and getattr(runner, "supports_overlap", False)
+        self._in_flight: tuple[list[Request], LaunchedDecode] | None = None
+        self.num_lookahead_steps = 0
+        """Decode steps dispatched before the host had the previous step's tokens."""
         self._state: SchedulerState | None = None
         self._take_state = self.scheduler.deferred_snapshot(self.clock.now())
 
@@ -193,6 +206,11 @@ class Engine:
         """Register an adapter (a PEFT directory or ``dummy:RANK``); pinned ones keep a slot."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"adapter name {name!r} must be a non-empty string")
+        if not self.config.lora_enabled:
+            raise ValueError(
+                f"cannot load adapter {name!r}: LoRA is off (start the engine with "
+                "enable_lora=True or with lora_paths)"
+            )
         self.adapters.register(name, path, pinned=pinned)
         if pinned:
             taken = self.adapters.take_slot(name, self.scheduler.running_adapters() - {None})
@@ -257,7 +275,67 @@ class Engine:
         return self.scheduler.has_work()
 
     def step(self) -> list[RequestOutput]:
-        """Run one scheduling decision and one step; returns the outputs finished in it."""
+        """Run one scheduling decision and one step; returns the outputs finished in it.
+
+        With ``overlap_schedule`` a decode step is dispatched and its tokens are applied in the
+        next call, which first dispatches the following decode step when it can
+        (:meth:`_lookahead`): the device then never waits for the host between the two."""
+        if self._in_flight is None:
+            return self._step_once()
+        lookahead = self._lookahead()
+        if lookahead is not None:
+            reqs, launched = self._in_flight
+            seqs = self._decode_seqs(lookahead.decode, fed_back=True)
+            self._in_flight = (lookahead.decode, self.runner.launch_decode(seqs, launched))
+            self.num_steps += 1
+            self.num_lookahead_steps += 1
+            return self._resolve(reqs, launched)
+        finished = self._resolve(*self._in_flight)
+        self._in_flight = None
+        if not self.scheduler.has_work():
+            return finished
+        return finished + self._step_once()
+
+    def _lookahead(self) -> StepPlan | None:
+        """The decode step after the one in flight, planned before its tokens are known: the
+        same requests, less those that end by length in it, each one token further. None where
+        the scheduler may have another decision to make or the pages for it are not free."""
+        sched, context = self.scheduler, self.context_length
+        reqs = self._in_flight[0]
+        if not sched.settled() or len(sched.running) != len(reqs):
+            return None
+        running = Status.RUNNING
+        going_on = [
+            r
+            for r in reqs
+            if r.status is running
+            and len(r.output) + 1 < r.params.max_new_tokens
+            and r.num_tokens + 1 < context
+        ]
+        if not going_on or not sched.grow_for_next_token(going_on):
+            return None
+        now = self.clock.now()
+        plan = StepPlan("decode", decode=going_on)
+        names = {r.lora_name for r in going_on}
+        names.discard(None)
+        self.adapters.touch(names)
+        sched.last_plan = self.last_plan = plan
+        self._state, self._take_state = None, sched.deferred_snapshot(now)
+        return plan
+
+    def _resolve(self, reqs: list[Request], launched) -> list[RequestOutput]:
+        """Wait for a dispatched decode step and apply its tokens; a request that finished since
+        it was dispatched (a stop token in the step before, an abort) drops its token."""
+        tokens = launched.tokens()
+        now = self.clock.now()
+        running = Status.RUNNING
+        return self._append(
+            [(r, t) for r, t in zip(reqs, tokens, strict=True) if r.status is running], now
+        )
+
+    def _step_once(self) -> list[RequestOutput]:
+        """One scheduling decision from the current state and its step (a decode step is only
+        dispatched under ``overlap_schedule``: its tokens come with the next call)."""
         now = self.clock.now()
         plan = self.scheduler.schedule(now)
         self.last_plan = plan
@@ -266,6 +344,7 @@ class Engine:
             self.runner.load_lora(slot, self.adapters.get(name))
         if plan.kind == "idle":
             return []
+        self.num_steps += 1
         if plan.kind == "prefill":
             tokens = self.runner.prefill([self._prefill_seq(item) for item in plan.prefill])
             sampled: list[tuple[Request, int]] = []
@@ -273,12 +352,13 @@ class Engine:
                 item.req.num_computed = item.end
                 if item.completes:
                     sampled.append((item.req, token))
-            finished = self._append(sampled, self.clock.now())
-        else:
-            tokens = self.runner.decode(self._decode_seqs(plan.decode))
-            finished = self._append(zip(plan.decode, tokens, strict=True), self.clock.now())
-        self.num_steps += 1
-        return finished
+            return self._append(sampled, self.clock.now())
+        seqs = self._decode_seqs(plan.decode)
+        if self._overlap:
+            self._in_flight = (plan.decode, self.runner.launch_decode(seqs, None))
+            return []
+        tokens = self.runner.decode(seqs)
+        return self._append(zip(plan.decode, tokens, strict=True), self.clock.now())
 
     def _slot(self, req: Request) -> int:
         if req.lora_name is None:
@@ -307,22 +387,25 @@ class Engine:
             out_index=len(req.output),
         )
 
-    def _decode_seqs(self, reqs: list[Request]) -> list[DecodeSeq]:
+    def _decode_seqs(self, reqs: list[Request], fed_back: bool = False) -> list[DecodeSeq]:
+        """The decode inputs of ``reqs``; ``fed_back``: each is one token further than the host
+        knows (the one it samples in the step in flight, which the runner reads on the device)."""
         # This runs for every generated token: one comprehension, lookups bound once, and the
         # fields passed by position (a third cheaper than by keyword; their order is pinned by
         # tests/test_engine_serving.py::test_decode_seq_fields).
         slot_index = self.adapters.slot_index  # a running request's adapter has a slot (or fails)
         seeds = self._seeds
+        ahead = int(fed_back)
         return [
             DecodeSeq(
                 r.rid,  # rid
-                r.output[-1],  # token
-                r.num_tokens - 1,  # position
+                FED_BACK if fed_back else r.output[-1],  # token
+                r.num_tokens - 1 + ahead,  # position
                 tuple(r.pages),  # pages
                 NO_SLOT if r.lora_name is None else slot_index[r.lora_name],  # lora_slot
                 r.params,  # params
                 seeds[r.rid],  # seed
-                len(r.output),  # out_index
+                len(r.output) + ahead,  # out_index
             )
             for r in reqs
         ]
@@ -430,6 +513,11 @@ class Engine:
         return ids.astype(np.int32)
 
     def _check_lora_name(self, name) -> None:
+        if name is not None and not self.config.lora_enabled:
+            raise ValueError(
+                f"adapter {name!r} asked for, but LoRA is off (enable_lora=True or lora_paths "
+                "turns it on)"
+            )
         if name is not None and not self.adapters.known(name):
             known = ", ".join(sorted(self.adapters.paths)) or "none loaded"
             raise ValueError(f"unknown adapter name {name!r} (known: {known})")

@@ -211,24 +211,34 @@ def forward(
         return (y.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
 
     qkv_sizes = (cfg.q_size, cfg.kv_size, cfg.kv_size)
+    # The named scopes label each role's ops in profiles (TensorBoard, experiments/profile_decode).
     for i, lp in enumerate(params.layers):
-        x = rms_norm(h, lp.input_norm, cfg.rms_norm_eps)
-        qkv = add_lora(_linear(x, lp.w_qkv, lp.b_qkv), x, i, "qkv", qkv_sizes)
-        q, k, v = jnp.split(qkv, [cfg.q_size, cfg.q_size + cfg.kv_size], axis=-1)
-        q = rotary(q.reshape(t, cfg.num_heads, cfg.head_dim), positions, inv_freq)
-        k = rotary(k.reshape(t, cfg.num_kv_heads, cfg.head_dim), positions, inv_freq)
-        v = v.reshape(t, cfg.num_kv_heads, cfg.head_dim)
-        attn, kv_state = attention(i, q, k, v, kv_state)
-        attn = attn.reshape(t, cfg.q_size)
-        o = row_parallel(attn, lp.w_o, lp.b_o, i, "o")
-        h = h + o
+        with jax.named_scope("attention_norm"):
+            x = rms_norm(h, lp.input_norm, cfg.rms_norm_eps)
+        with jax.named_scope("qkv"):
+            qkv = add_lora(_linear(x, lp.w_qkv, lp.b_qkv), x, i, "qkv", qkv_sizes)
+        with jax.named_scope("rotary"):
+            q, k, v = jnp.split(qkv, [cfg.q_size, cfg.q_size + cfg.kv_size], axis=-1)
+            q = rotary(q.reshape(t, cfg.num_heads, cfg.head_dim), positions, inv_freq)
+            k = rotary(k.reshape(t, cfg.num_kv_heads, cfg.head_dim), positions, inv_freq)
+            v = v.reshape(t, cfg.num_kv_heads, cfg.head_dim)
+        with jax.named_scope("attention"):
+            attn, kv_state = attention(i, q, k, v, kv_state)
+        with jax.named_scope("o"):
+            attn = attn.reshape(t, cfg.q_size)
+            h = h + row_parallel(attn, lp.w_o, lp.b_o, i, "o")
 
-        x = rms_norm(h, lp.post_attn_norm, cfg.rms_norm_eps)
-        gate_up = add_lora(_linear(x, lp.w_gate_up), x, i, "gate_up", (cfg.intermediate_size,) * 2)
-        gate, up = jnp.split(gate_up, 2, axis=-1)
-        act = (jax.nn.silu(gate.astype(jnp.float32)) * up.astype(jnp.float32)).astype(h.dtype)
-        down = row_parallel(act, lp.w_down, None, i, "down")
-        h = h + down
+        with jax.named_scope("mlp_norm"):
+            x = rms_norm(h, lp.post_attn_norm, cfg.rms_norm_eps)
+        with jax.named_scope("gate_up"):
+            gate_up = add_lora(
+                _linear(x, lp.w_gate_up), x, i, "gate_up", (cfg.intermediate_size,) * 2
+            )
+        with jax.named_scope("act"):
+            gate, up = jnp.split(gate_up, 2, axis=-1)
+            act = (jax.nn.silu(gate.astype(jnp.float32)) * up.astype(jnp.float32)).astype(h.dtype)
+        with jax.named_scope("down"):
+            h = h + row_parallel(act, lp.w_down, None, i, "down")
 
     return rms_norm(h, params.final_norm, cfg.rms_norm_eps), kv_state
 

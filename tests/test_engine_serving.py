@@ -45,10 +45,11 @@ def greedy_alone(engine: Engine, prompt, name, n) -> list[int]:
     return tokens[len(prompt) :]
 
 
-def test_continuous_batching_equals_each_request_alone(oracle):
+@pytest.mark.parametrize("overlap", [False, True], ids=["plain", "overlap"])
+def test_continuous_batching_equals_each_request_alone(oracle, overlap):
     # 24 pages of 4 tokens: seven requests of up to 46 tokens cannot all stay resident,
     # so decode must preempt; prompts longer than 24 tokens are chunked; 4 adapters share 2 slots.
-    engine = Engine(_config(max_total_tokens=4 * 24))
+    engine = Engine(_config(max_total_tokens=4 * 24, overlap_schedule=overlap))
     rng = np.random.default_rng(1)
     specs = [
         (rng.integers(3, 256, n).tolist(), name, m)
@@ -78,10 +79,61 @@ def test_continuous_batching_equals_each_request_alone(oracle):
         assert req.finish_reason == "length" and len(req.output) == m
         assert req.output == greedy_alone(oracle, prompt, name, m), (i, name)
     assert engine.pages.num_free == engine.pages.capacity  # every page came back
+    assert (engine.num_lookahead_steps > 0) == overlap
 
 
-def test_nothing_compiles_after_warmup():
-    engine = Engine(_config())
+def test_overlap_gives_the_same_tokens_and_drops_what_follows_a_stop():
+    """Overlap scheduling: decode step N+1 is dispatched before step N's tokens are read, so a
+    request that stops at N has computed one token too many; it must be dropped, the pages must
+    come back, and an abort while a step is in flight must lose nothing else."""
+    prompts = [[9, 8, 7], [1, 2, 3, 4, 5], [6, 6], [11, 12, 13, 14]]
+    names = ["a", None, "b", "a"]
+    lengths = [12, 9, 14, 6]
+    plain = Engine(_config(warmup=False))
+    free = [
+        plain.generate([p], SamplingParams(max_new_tokens=n, ignore_eos=True), name)[0].token_ids
+        for p, name, n in zip(prompts, names, lengths, strict=True)
+    ]
+    # Request 0 stops at its 4th token (a stop token), 2 at its 6th; the others run to length.
+    stops = [(free[0][3],), (), (free[2][5],), ()]
+    params = [
+        SamplingParams(max_new_tokens=n, stop_token_ids=s, ignore_eos=not s)
+        for n, s in zip(lengths, stops, strict=True)
+    ]
+    engine = Engine(_config(warmup=False, overlap_schedule=True))
+    outs = engine.generate(prompts, params, names)
+    assert engine.num_lookahead_steps > 0
+    eos = set(plain.model_config.eos_token_ids)
+    for out, want, stop in zip(outs, free, stops, strict=True):
+        end = next(i for i, t in enumerate(want) if t in eos or t in stop) if stop else len(want)
+        expect = want[: end + 1] if stop else want
+        assert out.token_ids == expect
+        assert out.finish_reason == ("stop" if stop else "length")
+        assert len(out.token_times) == len(out.token_ids)
+    assert engine.pages.num_free == engine.pages.capacity
+
+    # An abort while a step is in flight: the aborted request keeps what it had, the others go on.
+    rids = [
+        engine.add_request(p, SamplingParams(max_new_tokens=10, ignore_eos=True)) for p in prompts
+    ]
+    for _ in range(4):
+        engine.step()
+    assert engine._in_flight is not None
+    cut = engine.abort(rids[1])
+    while engine.has_unfinished():
+        engine.step()
+    assert cut.finish_reason == "abort" and len(cut.token_ids) < 10
+    assert engine.requests[rids[1]].output == cut.token_ids
+    for i in (0, 2, 3):
+        assert len(engine.requests[rids[i]].output) == 10
+    engine.step()  # reads back (and drops) what was still in flight
+    assert engine._in_flight is None
+    assert engine.pages.num_free == engine.pages.capacity
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["plain", "overlap"])
+def test_nothing_compiles_after_warmup(overlap):
+    engine = Engine(_config(overlap_schedule=overlap))
     before = ModelRunner.compiled_count()
     rng = np.random.default_rng(2)
     names = [None, "a", "b", "c", "d"]

@@ -33,10 +33,15 @@ class PrefillSeq:
     out_index: int  # index of the token it samples (for the per-request random stream)
 
 
+FED_BACK = -1
+"""``DecodeSeq.token`` of a sequence whose input token is the one it sampled in the step still in
+flight (overlap scheduling): the runner takes it from that step's output on the device."""
+
+
 @dataclass(slots=True)  # not frozen: the engine builds one per request per step (3x cheaper)
 class DecodeSeq:
     rid: int
-    token: int
+    token: int  # FED_BACK: the token the sequence samples in the step still in flight
     position: int
     pages: tuple[int, ...]  # covering position + 1 tokens
     lora_slot: int
@@ -54,6 +59,10 @@ class Runner(Protocol):
         """Run one decode step; the sampled next token of every sequence."""
         ...
 
+    supports_overlap: bool
+    """Whether it has :meth:`launch_decode` (overlap scheduling); runners that compute on the host
+    (the fake runner, the simulator) do not."""
+
     def load_lora(self, slot: int, adapter: LoraAdapter | None) -> None:
         """Put ``adapter`` (None: empty) into device slot ``slot``, between steps."""
         ...
@@ -64,4 +73,21 @@ class Runner(Protocol):
 
     def warmup(self) -> None:
         """Compile every step shape, so that serving never compiles."""
+        ...
+
+
+class LaunchedDecode(Protocol):
+    """A decode step dispatched to the device and not yet waited for (overlap scheduling)."""
+
+    def tokens(self) -> list[int]:
+        """Wait for the step; the sampled token of every sequence, in the order launched."""
+        ...
+
+
+class OverlapRunner(Runner, Protocol):
+    def launch_decode(
+        self, seqs: list[DecodeSeq], in_flight: LaunchedDecode | None
+    ) -> LaunchedDecode:
+        """Dispatch one decode step without waiting for it. Sequences whose ``token`` is
+        :data:`FED_BACK` read their input token from ``in_flight``'s output on the device."""
         ...

@@ -24,6 +24,7 @@ def _default_token(rid: int, index: int) -> int:
 
 @dataclass
 class FakeRunner:
+    supports_overlap = False  # it computes on the host: nothing to overlap
     clock: FakeClock
     prefill_base: float = 0.010
     prefill_per_token: float = 0.0001

@@ -25,7 +25,7 @@ from jlora.adapters.slots import SlotBuffers, lora_specs
 from jlora.distributed import assert_same_everywhere
 from jlora.kernels.types import NO_SLOT, LoraBatch, make_lora_batch
 from jlora.runner.attention import DecodeAttention, PrefillAttention
-from jlora.runner.base import DecodeSeq, PrefillSeq
+from jlora.runner.base import FED_BACK, DecodeSeq, LaunchedDecode, PrefillSeq
 from jlora.runner.buckets import ShapeBuckets
 from jlora.runner.host_inputs import PackSpec, pack, unpack
 from jlora.runner.kv_cache import (
@@ -35,7 +35,8 @@ from jlora.runner.kv_cache import (
     commit_kv_state,
     kv_state,
 )
-from jlora.runner.sampling import SamplingInputs, sample
+from jlora.runner.sampling import SamplingInputs, greedy, sample
+from jlora.sampling import SamplingParams
 from jlora.tensor_parallel import KV_SHARDING, TP_AXIS, local_config, param_specs, per_shard
 from models.config import ModelConfig
 from models.llama import LlamaParams, LoraLayers, SegmentAttention, forward, logits
@@ -51,30 +52,41 @@ def _shard(cfg: ModelConfig, mesh: Mesh | None) -> tuple[ModelConfig, str | None
     return local_config(cfg, mesh.shape[TP_AXIS]), TP_AXIS
 
 
+def _lora_specs(lora: LoraLayers | None, cfg: ModelConfig):
+    """Shardings of the slot buffers (nothing to shard when LoRA is off)."""
+    return P() if lora is None else lora_specs(cfg.num_layers)
+
+
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("kv",))
 def model_step(
     params: LlamaParams,
-    lora: LoraLayers,
+    lora: LoraLayers | None,  # None: LoRA off, no LoRA ops
     kv: KVCache,
     tokens: jax.Array,  # [T] int32 (decode: one token per sequence, T = B)
     positions: jax.Array,  # [T] int32
     attention: PrefillAttention | DecodeAttention,
-    lora_batch: LoraBatch,
-    sampling: SamplingInputs,  # [R]
+    lora_batch: LoraBatch | None,
     rows: jax.Array
     | None = None,  # [R] int32, the tokens sampled from (prefill); None: all (decode)
+    fed_back: jax.Array | None = None,  # [Bmax] int32, the in-flight step's tokens (decode)
     *,
     cfg: ModelConfig,
     lora_backend: str,
     mesh: Mesh | None = None,
-) -> tuple[jax.Array, KVCache]:  # next tokens [R], kv
-    """One prefill or decode step: the forward over the KV cache, a token sampled for each of
-    ``rows`` of the hidden states, and the step's new K/V written into the cache (donated). Under
-    tensor parallelism the body runs once per shard; the host inputs are replicated."""
+) -> tuple[jax.Array, jax.Array, KVCache]:  # greedy tokens [R], logits [R, V] f32, kv
+    """One prefill or decode step: the forward over the KV cache, the logits and greedy token of
+    each of ``rows`` of the hidden states, and the step's new K/V written into the cache
+    (donated). Rows that sample are drawn from the logits by :func:`sample_step`. Under tensor
+    parallelism the body runs once per shard; the host inputs are replicated.
+
+    ``fed_back`` (overlap scheduling): a token ``-1 - i`` is the in-flight step's ``fed_back[i]``,
+    sampled on the device and never seen by the host."""
     shard_cfg, tp_axis = _shard(cfg, mesh)
+    if fed_back is not None:
+        tokens = jnp.where(tokens < 0, fed_back[jnp.maximum(-1 - tokens, 0)], tokens)
 
     def body(params, lora, kv, host):
-        tokens, positions, attention, lora_batch, sampling, rows = host
+        tokens, positions, attention, lora_batch, rows = host
         hidden, state = forward(
             params,
             shard_cfg,
@@ -89,40 +101,62 @@ def model_step(
         )
         if rows is not None:
             hidden = hidden[rows]
-        next_tokens = sample(logits(params, hidden, tp_axis), sampling)
-        return next_tokens, commit_kv_state(state, attention.slot_mapping)
+        row_logits = logits(params, hidden, tp_axis)
+        return greedy(row_logits), row_logits, commit_kv_state(state, attention.slot_mapping)
 
-    specs = (param_specs(params), lora_specs(cfg.num_layers), _KV_SPECS, P())
-    host = (tokens, positions, attention, lora_batch, sampling, rows)
-    return per_shard(body, mesh, specs, (P(), _KV_SPECS))(params, lora, kv, host)
+    specs = (param_specs(params), _lora_specs(lora, cfg), _KV_SPECS, P())
+    host = (tokens, positions, attention, lora_batch, rows)
+    return per_shard(body, mesh, specs, (P(), P(), _KV_SPECS))(params, lora, kv, host)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", *_STATIC), donate_argnames=("kv",))
 def packed_step(
     params: LlamaParams,
-    lora: LoraLayers,
+    lora: LoraLayers | None,
     kv: KVCache,
     packed: jax.Array,  # [N] int32: model_step's host inputs (see jlora.runner.host_inputs)
+    fed_back: jax.Array | None,  # [Bmax] int32 (decode), None (prefill)
     spec: PackSpec,
     cfg: ModelConfig,
     lora_backend: str,
     mesh: Mesh | None = None,
-) -> tuple[jax.Array, KVCache]:
+) -> tuple[jax.Array, jax.Array, KVCache]:
     """:func:`model_step` over inputs that came from the host in one transfer (its jit is
     inlined)."""
+    host = unpack(packed, spec)
+    if len(host) == 4:  # decode: no sampled-row selection
+        host = (*host, None)
     return model_step(
-        params, lora, kv, *unpack(packed, spec), cfg=cfg, lora_backend=lora_backend, mesh=mesh
+        params, lora, kv, *host, fed_back, cfg=cfg, lora_backend=lora_backend, mesh=mesh
     )
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def sample_step(
+    logits: jax.Array,  # [R, V] float32
+    packed: jax.Array,  # [N] int32: the rows' SamplingInputs (jlora.runner.host_inputs)
+    spec: PackSpec,
+) -> jax.Array:  # [R] int32
+    """The tokens of a step with sampling rows, from its logits (see :mod:`~.sampling`)."""
+    (sampling,) = unpack(packed, spec)
+    return sample(logits, sampling)
+
+
+@functools.partial(jax.jit, static_argnames=("width",))
+def _widen(tokens: jax.Array, width: int) -> jax.Array:  # [B] -> [width]
+    """A decode step's sampled tokens padded to the widest decode bucket, so that the next step
+    reads them (``fed_back``) with one shape whatever the two steps' buckets."""
+    return jnp.zeros(width, tokens.dtype).at[: tokens.shape[0]].set(tokens)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def score_step(
     params: LlamaParams,
-    lora: LoraLayers,
+    lora: LoraLayers | None,
     tokens: jax.Array,  # [T] int32
     positions: jax.Array,  # [T] int32
     seq_ids: jax.Array,  # [T] int32, -1 for padding
-    lora_batch: LoraBatch,
+    lora_batch: LoraBatch | None,
     cfg: ModelConfig,
     lora_backend: str,
     mesh: Mesh | None = None,
@@ -145,8 +179,19 @@ def score_step(
         )
         return logits(params, hidden, tp_axis)
 
-    specs = (param_specs(params), lora_specs(cfg.num_layers)) + (P(),) * 4
+    specs = (param_specs(params), _lora_specs(lora, cfg)) + (P(),) * 4
     return per_shard(body, mesh, specs, P())(params, lora, tokens, positions, seq_ids, lora_batch)
+
+
+class _Launched:
+    """A dispatched decode step (:class:`~jlora.runner.base.LaunchedDecode`)."""
+
+    def __init__(self, out: jax.Array, widened: jax.Array, row_of: dict[int, int], seqs):
+        self.out, self.widened, self.row_of, self._seqs = out, widened, row_of, seqs
+
+    def tokens(self) -> list[int]:
+        sampled = np.asarray(self.out)  # waits for the step
+        return [int(sampled[self.row_of[s.rid]]) for s in self._seqs]
 
 
 def _slot_order(slots: list[int]) -> list[int]:
@@ -155,7 +200,8 @@ def _slot_order(slots: list[int]) -> list[int]:
 
 
 class ModelRunner:
-    """Runs the model on the device. Owns the params, the KV cache and the LoRA slot buffers.
+    """Runs the model on the device. Owns the params, the KV cache and the LoRA slot buffers
+    (``slots``; None: LoRA off, the steps carry no LoRA ops).
 
     With a ``mesh`` (tensor parallelism) the params and slot buffers come split over it and the KV
     cache is allocated split on its KV heads; ``num_pages`` is then the pages of every shard.
@@ -165,7 +211,7 @@ class ModelRunner:
         self,
         params: LlamaParams,
         cfg: ModelConfig,
-        slots: SlotBuffers,
+        slots: SlotBuffers | None,
         buckets: ShapeBuckets,
         num_pages: int,
         page_size: int,
@@ -178,6 +224,7 @@ class ModelRunner:
         if attention_backend not in ("xla", "pallas"):
             raise ValueError(f"attention_backend={attention_backend!r} is not 'xla' or 'pallas'")
         self.attention_backend = attention_backend
+        self._zeros_fed_back: jax.Array | None = None
         # On CPU the Pallas kernel runs in its interpreter (tests); on GPU it is compiled.
         self._interpret = jax.default_backend() == "cpu"
         if mesh is None:
@@ -192,23 +239,47 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ adapters
     def load_lora(self, slot: int, adapter: LoraAdapter | None) -> None:
+        if self.slots is None:
+            raise ValueError("LoRA is off in this runner (no slot buffers): cannot load a slot")
         assert_same_everywhere(f"the load of slot {slot}", adapter and adapter.name or "")
         self.slots.put(slot, adapter)
 
-    def _lora_batch(self, token_slot: np.ndarray, on_device: bool = True) -> LoraBatch:
+    @property
+    def _lora_layers(self) -> LoraLayers | None:
+        return None if self.slots is None else self.slots.layers
+
+    def _lora_batch(self, token_slot: np.ndarray, on_device: bool = True) -> LoraBatch | None:
+        if self.slots is None:
+            return None
         return make_lora_batch(token_slot, self.slots.slot_rank, on_device=on_device)
 
-    def _packed_call(self, inputs: tuple) -> tuple[tuple, dict]:
+    def _packed_call(self, inputs: tuple, fed_back: jax.Array | None) -> tuple[tuple, dict]:
         """Arguments of :func:`packed_step` over :func:`model_step`'s numpy host ``inputs``."""
         packed, spec = pack(inputs)
         static = dict(spec=spec, cfg=self.cfg, lora_backend=self.lora_backend, mesh=self.mesh)
-        return (self.params, self.slots.layers, self.kv, packed), static
+        return (self.params, self._lora_layers, self.kv, packed, fed_back), static
 
-    def _run(self, inputs: tuple) -> jax.Array:
-        """Run a step over the numpy ``inputs`` sent in one transfer; keep the new KV cache."""
-        args, static = self._packed_call(inputs)
-        out, self.kv = packed_step(*args, **static)
-        return out
+    def _run(
+        self, inputs: tuple, rows: list[tuple], size: int, fed_back: jax.Array | None = None
+    ) -> jax.Array:
+        """Run a step over the numpy ``inputs`` sent in one transfer; keep the new KV cache. The
+        tokens of its ``size`` rows: greedy, or drawn by :func:`sample_step` when one of ``rows``
+        (params, seed, output index) has a temperature. Returns at once: the result is a device
+        array still being computed."""
+        args, static = self._packed_call(inputs, fed_back)
+        tokens, row_logits, self.kv = packed_step(*args, **static)
+        if any(params.temperature > 0 for params, _, _ in rows):
+            sampling = SamplingInputs.build(rows, size, self.cfg.vocab_size, False)
+            packed, spec = pack((sampling,))
+            tokens = sample_step(row_logits, packed, spec)
+        return tokens
+
+    @property
+    def _no_feedback(self) -> jax.Array:
+        """The ``fed_back`` of a decode step that reads no token from another step."""
+        if self._zeros_fed_back is None:
+            self._zeros_fed_back = jnp.zeros(self.buckets.decode_batch[-1], jnp.int32)
+        return self._zeros_fed_back
 
     # ------------------------------------------------------------------ steps
     def prefill(self, seqs: list[PrefillSeq]) -> list[int | None]:
@@ -271,13 +342,21 @@ class ModelRunner:
             prefix_len=np.int32(prefix_len),
             prefix_seq=np.int32(prefix_seq),
         )
-        sampling = SamplingInputs.build(rows, b.prefill_rows, self.cfg.vocab_size, False)
         lora_batch = self._lora_batch(token_slot, False)
-        inputs = (tokens, positions, attention, lora_batch, sampling, last_index)
-        next_tokens = np.asarray(self._run(inputs))
+        inputs = (tokens, positions, attention, lora_batch, last_index)
+        next_tokens = np.asarray(self._run(inputs, rows, b.prefill_rows))
         return [int(next_tokens[row_of[i]]) if i in row_of else None for i in range(len(seqs))]
 
     def decode(self, seqs: list[DecodeSeq]) -> list[int]:
+        return self.launch_decode(seqs, None).tokens()
+
+    supports_overlap = True
+
+    def launch_decode(
+        self, seqs: list[DecodeSeq], in_flight: LaunchedDecode | None
+    ) -> LaunchedDecode:
+        """Dispatch a decode step and return without waiting for it (see :class:`LaunchedDecode`);
+        a sequence whose ``token`` is ``FED_BACK`` reads the token it sampled in ``in_flight``."""
         most_pages = max(len(s.pages) for s in seqs)
         bsz, p = self.buckets.decode_bucket(len(seqs), most_pages)
         tokens = np.zeros(bsz, np.int32)
@@ -288,9 +367,12 @@ class ModelRunner:
         token_slot = np.full(bsz, NO_SLOT, np.int32)
         order = _slot_order([s.lora_slot for s in seqs])
         rows = []
+        row_of: dict[int, int] = {}
         for row, i in enumerate(order):
             s = seqs[i]
-            tokens[row], positions[row] = s.token, s.position
+            # The in-flight step's output row of this sequence, encoded as -1 - row.
+            token = s.token if s.token != FED_BACK else -1 - in_flight.row_of[s.rid]
+            tokens[row], positions[row] = token, s.position
             page_table[row, : len(s.pages)] = s.pages
             slot_mapping[row] = s.pages[s.position // self.page_size] * self.page_size + (
                 s.position % self.page_size
@@ -298,6 +380,7 @@ class ModelRunner:
             seq_lens[row] = s.position + 1
             token_slot[row] = s.lora_slot
             rows.append((s.params, s.seed, s.out_index))
+            row_of[s.rid] = row
         assert_same_everywhere(
             "a decode step", tokens, positions, page_table, token_slot, lambda: repr(rows)
         )
@@ -308,18 +391,10 @@ class ModelRunner:
             backend=self.attention_backend,
             interpret=self._interpret,
         )
-        inputs = (
-            tokens,
-            positions,
-            attention,
-            self._lora_batch(token_slot, False),
-            SamplingInputs.build(rows, bsz, self.cfg.vocab_size, False),
-        )
-        next_tokens = np.asarray(self._run(inputs))
-        out = [0] * len(seqs)
-        for row, i in enumerate(order):
-            out[i] = int(next_tokens[row])
-        return out
+        inputs = (tokens, positions, attention, self._lora_batch(token_slot, False))
+        fed_back = self._no_feedback if in_flight is None else in_flight.widened
+        out = self._run(inputs, rows, bsz, fed_back)
+        return _Launched(out, _widen(out, self.buckets.decode_batch[-1]), row_of, seqs)
 
     def score(self, seqs: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
         """All-position logits of whole prompts ``(tokens, lora_slot)``, with no KV cache."""
@@ -341,7 +416,7 @@ class ModelRunner:
         out = np.asarray(
             score_step(
                 self.params,
-                self.slots.layers,
+                self._lora_layers,
                 jnp.asarray(tokens),
                 jnp.asarray(positions),
                 jnp.asarray(seq_ids),
@@ -357,16 +432,25 @@ class ModelRunner:
     def warmup(self) -> None:
         """Compile every prefill and decode bucket with an all-padding step (writes only trash),
         and the one-slot adapter update (by clearing a slot that is still empty)."""
-        empty = [s for s, name in enumerate(self.slots.occupant) if name is None]
+        occupants = [] if self.slots is None else self.slots.occupant
+        empty = [s for s, name in enumerate(occupants) if name is None]
         if empty:  # a slot already written means the update is compiled
             self.slots.put(empty[0], None)
+        # A row that samples, so that the sampling step is compiled for each row count too.
+        sampled_row = [(SamplingParams(temperature=1.0), 0, 0)]
         for shape in self.buckets.all_shapes():
-            self._run(self._padding_inputs(shape)).block_until_ready()
+            fed_back = None if shape[0] == "prefill" else self._no_feedback
+            size = self.buckets.prefill_rows if shape[0] == "prefill" else shape[1]
+            out = self._run(self._padding_inputs(shape), sampled_row, size, fed_back)
+            if shape[0] == "decode":  # what a decode step hands the next (overlap scheduling)
+                out = _widen(out, self.buckets.decode_batch[-1])
+            out.block_until_ready()
 
     def compiled_text(self, shape: tuple) -> str:
         """The compiled HLO text of one bucket's step (``shape`` from ``buckets.all_shapes()``),
         e.g. to count its collectives."""
-        args, static = self._packed_call(self._padding_inputs(shape))
+        fed_back = None if shape[0] == "prefill" else self._no_feedback
+        args, static = self._packed_call(self._padding_inputs(shape), fed_back)
         return packed_step.lower(*args, **static).compile().as_text()
 
     def _padding_inputs(self, shape: tuple) -> tuple:
@@ -382,9 +466,8 @@ class ModelRunner:
                 prefix_len=np.int32(0),
                 prefix_seq=np.int32(-2),
             )
-            sampling = SamplingInputs.build([], r, self.cfg.vocab_size, False)
             lora_batch = self._lora_batch(np.full(t, NO_SLOT), False)
-            return (zeros, zeros, attention, lora_batch, sampling, np.zeros(r, np.int32))
+            return (zeros, zeros, attention, lora_batch, np.zeros(r, np.int32))
         _, bsz, p = shape
         zeros = np.zeros(bsz, np.int32)
         attention = DecodeAttention(
@@ -394,11 +477,11 @@ class ModelRunner:
             backend=self.attention_backend,
             interpret=self._interpret,
         )
-        sampling = SamplingInputs.build([], bsz, self.cfg.vocab_size, False)
         lora_batch = self._lora_batch(np.full(bsz, NO_SLOT), False)
-        return (zeros, zeros, attention, lora_batch, sampling)
+        return (zeros, zeros, attention, lora_batch)
 
     @staticmethod
     def compiled_count() -> int:
         """Compiled executables of the step functions, summed (tests check it stays flat)."""
-        return sum(f._cache_size() for f in (packed_step, model_step, score_step))
+        steps = (packed_step, model_step, score_step, sample_step, _widen)
+        return sum(f._cache_size() for f in steps)

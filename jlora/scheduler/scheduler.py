@@ -296,6 +296,23 @@ class Scheduler:
         self.last_plan = plan
         return plan
 
+    def grow_for_next_token(self, reqs: list[Request]) -> bool:
+        """Give each request the pages for one token more than it holds (the one it samples in a
+        step still in flight), all or none. False, with nothing allocated, when the free pages do
+        not suffice: nothing is preempted for a step that is only a lookahead."""
+        page_size = self.pages.page_size
+        need = [r for r in reqs if r.num_tokens + 1 > len(r.pages) * page_size]
+        if len(need) > self.pages.num_free:
+            return False
+        for req in need:
+            req.pages += self.pages.alloc(1)
+        return True
+
+    def settled(self) -> bool:
+        """Nothing to decide but the next decode of the running requests: none waits, none is
+        paused, none is in the middle of a chunked prefill (the drainer acts only on waiters)."""
+        return not self.waiting and not self.paused and not self._chunking()
+
     def _chunking(self) -> list[Request]:
         """The running request in the middle of a chunked prefill, if any (``in_prefill`` and
         ``num_computed > 0``, inlined)."""

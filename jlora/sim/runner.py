@@ -29,6 +29,7 @@ def sim_token(rid: int, index: int) -> int:
 
 @dataclass
 class SimRunner:
+    supports_overlap = False  # it computes on the host: nothing to overlap
     clock: FakeClock
     cost: CostModel
     buckets: ShapeBuckets
