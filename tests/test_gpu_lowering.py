@@ -1,0 +1,62 @@
+"""The GPU kernels lowered for CUDA on this CPU-only machine (no GPU needed).
+
+Interpret mode runs a kernel's jaxpr as ordinary JAX ops, so a construct that Pallas' Triton
+lowering rejects (a select whose operands it cannot match, an unsupported op) passes every
+interpret-mode test and fails only on a GPU. Lowering for the ``cuda`` platform runs that lowering
+here: each test traces the kernel as the GPU would compile it, at the engine's kinds of shapes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jlora.kernels import make_lora_batch
+from jlora.kernels.lora_gpu import lora_group_gpu
+from jlora.kernels.paged_attention import DecodeAttentionBlocks, paged_decode_attention_gpu
+from tests.test_kernels import DOWN, GATE_UP, O_PROJ, QKV, make_group, routing
+
+
+def _lower_for_cuda(fn, *args) -> str:
+    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_paged_decode_attention_lowers_for_cuda(splits):
+    b, hq, hkv, d, ps = 4, 32, 8, 128, 16
+    q = jnp.zeros((b, hq, d), jnp.bfloat16)
+    k_new = jnp.zeros((b, hkv, d), jnp.bfloat16)
+    cache = jnp.zeros((2, 16, ps, hkv, d), jnp.bfloat16)
+    table = jnp.zeros((b, 8), jnp.int32)
+    seq_lens = jnp.ones(b, jnp.int32)
+    blocks = DecodeAttentionBlocks(pages_per_block=4, splits=splits)
+    text = _lower_for_cuda(
+        lambda *a: paged_decode_attention_gpu(*a, blocks=blocks),
+        q,
+        k_new,
+        k_new,
+        cache,
+        cache,
+        1,
+        table,
+        seq_lens,
+    )
+    assert "paged_decode_attention" in text
+
+
+@pytest.mark.parametrize("shape", [QKV, O_PROJ, GATE_UP, DOWN], ids=["qkv", "o", "gate_up", "down"])
+@pytest.mark.parametrize("num_tokens", [1, 64])
+def test_lora_kernels_lower_for_cuda(shape, num_tokens):
+    rng = np.random.default_rng(0)
+    ranks = (8, 16, 0, 4, 32)
+    d_in, out_sizes = shape
+    group = make_group(rng, ranks, 32, d_in, out_sizes)
+    kind = "mixed" if num_tokens > 2 else "uniform"
+    batch = make_lora_batch(routing(rng, num_tokens, ranks, kind), np.array(ranks, np.int32))
+    x = jnp.zeros((num_tokens, d_in), jnp.bfloat16)
+    text = _lower_for_cuda(
+        lambda x, g, b: lora_group_gpu(x, g, b, out_sizes, interpret=False), x, group, batch
+    )
+    assert "lora" in text
