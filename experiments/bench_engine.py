@@ -7,10 +7,12 @@ weight-read floor and against Hugging Face transformers + PEFT ``generate`` on t
 Decode: ``B`` requests of ``--prompt-len`` tokens are prefilled, then ``--steps`` decode steps of
 the engine's own loop (``Engine.step``: scheduling, host inputs, the jitted step, reading the tokens
 back) are timed, median reported; once with no adapter, once with the requests spread over three
-rank-16 adapters on all seven modules. Prefill: 512-token prompts, as many per step as the prefill
-budget holds. The HF baseline runs in a subprocess (so that torch and JAX never share the GPU):
-``LlamaForCausalLM`` with random weights in bfloat16 and three PEFT adapters, ``generate`` on a
-mixed batch (``adapter_names=``), time per generated token.
+rank-16 adapters on all seven modules. ``--backends`` names the LoRA backends to run; ``none`` is
+the engine with LoRA off (``enable_lora=False``: no LoRA ops compiled), the base model's own step,
+which the LoRA overhead is measured against when it is run. Prefill: 512-token prompts, as many
+per step as the prefill budget holds. The HF baseline runs in a subprocess (so that torch and JAX
+never share the GPU): ``LlamaForCausalLM`` with random weights in bfloat16 and three PEFT
+adapters, ``generate`` on a mixed batch (``adapter_names=``), time per generated token.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ HF_ADAPTERS = ("a0", "a1", "a2")
 
 
 def _engine_part(args) -> dict:
+    import dataclasses
+
     import jax
 
     from jlora import Engine, EngineConfig, SamplingParams
@@ -44,15 +48,17 @@ def _engine_part(args) -> dict:
     result["floor_ms"] = weight_bytes / args.copy_bw / 1e-3
     for backend in args.backends.split(","):
         t0 = time.perf_counter()
+        bare = backend == "none"
         engine = Engine(
             EngineConfig(
                 model=args.model,
                 load_format="dummy",
                 dtype="bfloat16",
-                lora_paths={n: "dummy:16" for n in HF_ADAPTERS},
+                lora_paths={} if bare else {n: "dummy:16" for n in HF_ADAPTERS},
+                enable_lora=not bare,
                 max_loras_per_batch=3,
                 max_lora_rank=16,
-                lora_backend=backend,
+                lora_backend="xla" if bare else backend,
                 attention_backend=args.attention_backend,
                 context_length=args.context,
                 max_running_requests=max(batches),
@@ -70,24 +76,31 @@ def _engine_part(args) -> dict:
             flush=True,
         )
         result["attention"] = engine.runner.attention_backend
+        # The same compiled runner under overlap scheduling (a host-side setting): side by side.
+        overlapped = Engine(
+            dataclasses.replace(engine.config, overlap_schedule=True), runner=engine.runner
+        )
         rows = {}
         for b in batches:
-            for lora in (False, True):
+            for lora in (False,) if bare else (False, True):
                 names = [HF_ADAPTERS[i % 3] if lora else None for i in range(b)]
-                rows[(b, lora)] = _time_decode(engine, b, names, args, SamplingParams)
-                print(
-                    f"[{backend}] decode B={b:4d} lora={lora!s:5}: {rows[(b, lora)]:.2f} ms",
-                    flush=True,
-                )
-        prefill = _time_prefill(engine, args, SamplingParams)
+                for overlap, eng in ((False, engine), (True, overlapped)):
+                    ms = _time_decode(eng, b, names, args, SamplingParams)
+                    rows[(b, lora, overlap)] = ms
+                    print(
+                        f"[{backend}] decode B={b:4d} lora={lora!s:5} overlap={overlap!s:5}: "
+                        f"{ms:.2f} ms",
+                        flush=True,
+                    )
+        prefill = _time_prefill(engine, args, SamplingParams, adapters=not bare)
         print(f"[{backend}] prefill 512-token prompts: {prefill:.0f} tok/s", flush=True)
         result[backend] = {
             "startup_s": startup,
             "num_shapes": len(engine.buckets.all_shapes()),
-            "decode_ms": {f"{b}/{int(lora)}": v for (b, lora), v in rows.items()},
+            "decode_ms": {f"{b}/{int(lo)}/{int(ov)}": v for (b, lo, ov), v in rows.items()},
             "prefill_tok_s": prefill,
         }
-        del engine
+        del engine, overlapped, eng
         gc.collect()  # free its device buffers before the next engine allocates its own
     return result
 
@@ -118,7 +131,7 @@ def _time_decode(engine, batch, names, args, SamplingParams) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _time_prefill(engine, args, SamplingParams) -> float:
+def _time_prefill(engine, args, SamplingParams, adapters: bool) -> float:
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -130,7 +143,7 @@ def _time_prefill(engine, args, SamplingParams) -> float:
             engine.add_request(
                 rng.integers(3, engine.model_config.vocab_size, 512).tolist(),
                 params,
-                HF_ADAPTERS[i % 3],
+                HF_ADAPTERS[i % 3] if adapters else None,
             )
             for i in range(per_step)
         ]
@@ -220,33 +233,59 @@ def _write(args, ours: dict, hf: dict | None) -> str:
         f"- command: `PYTHONPATH=. python experiments/bench_engine.py {' '.join(sys.argv[1:])}`",
         "",
     ]
-    for backend in args.backends.split(","):
+    backends = args.backends.split(",")
+    bare = ours.get("none")
+    for backend in backends:
         r = ours[backend]
         lines += [
-            f"## lora_backend={backend}",
+            f"Start-up of `{backend}` (weights, compiling {r['num_shapes']} step shapes): "
+            f"{r['startup_s']:.1f} s. Prefill of 512-token prompts: {r['prefill_tok_s']:.0f} "
+            "tokens/s.",
             "",
-            f"Start-up (weights, compiling {r['num_shapes']} step shapes): {r['startup_s']:.1f} s. "
-            f"Prefill of 512-token prompts: {r['prefill_tok_s']:.0f} tokens/s.",
-            "",
-            "| batch | base step (ms) | / floor | LoRA step (ms) | LoRA overhead "
-            "| HF+PEFT (ms/token) |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for b in [int(x) for x in args.batches.split(",")]:
-            base, lora = r["decode_ms"][f"{b}/0"], r["decode_ms"][f"{b}/1"]
+    lines += [
+        "`plain`: `Engine.step` with the host's work between device steps; `overlap`: with "
+        "`overlap_schedule=True` (the next decode step dispatched before the last one's tokens "
+        "are read), on the same compiled runner in the same process. LoRA overhead: the "
+        "3-adapter step against the step of the engine with no LoRA compiled, both with overlap"
+        + ("." if bare else " (no `none` run: against the same engine's base requests)."),
+        "",
+        "| LoRA backend | batch | base requests, plain (ms) | overlap (ms) | overlap / floor "
+        "| 3 adapters, plain (ms) | overlap (ms) | LoRA overhead | HF+PEFT (ms/token) |",
+        "| --- |" + " ---: |" * 8,
+    ]
+    batches = [int(x) for x in args.batches.split(",")]
+    for backend in backends:
+        ms = ours[backend]["decode_ms"]
+        for b in batches:
+            base_plain, base_over = ms[f"{b}/0/0"], ms[f"{b}/0/1"]
+            cells = [backend, str(b), f"{base_plain:.2f}", f"{base_over:.2f}"]
+            cells.append(f"{base_over / ours['floor_ms']:.2f}x")
+            if backend == "none":
+                cells += ["-", "-", "-"]
+            else:
+                lora_plain, lora_over = ms[f"{b}/1/0"], ms[f"{b}/1/1"]
+                ref = bare["decode_ms"][f"{b}/0/1"] if bare else base_over
+                cells += [
+                    f"{lora_plain:.2f}",
+                    f"{lora_over:.2f}",
+                    f"{100 * (lora_over / ref - 1):+.0f}%",
+                ]
             hf_ms = hf.get(f"decode_ms/{b}") if hf else None
-            lines.append(
-                f"| {b} | {base:.2f} | {base / ours['floor_ms']:.2f}x | {lora:.2f} | "
-                f"{100 * (lora / base - 1):+.0f}% | {'-' if hf_ms is None else f'{hf_ms:.1f}'} |"
-            )
-        lines.append("")
+            cells.append("-" if hf_ms is None or backend == "none" else f"{hf_ms:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="llama-3.1-8b")
-    parser.add_argument("--backends", default="xla", help="comma-separated lora backends")
+    parser.add_argument(
+        "--backends",
+        default="none,xla,pallas",
+        help="comma-separated lora backends; none: the engine with LoRA off",
+    )
     parser.add_argument(
         "--attention-backend", default="auto", help="decode attention: auto, xla or pallas"
     )

@@ -3,6 +3,10 @@ large and a small KV cache (a step that copied the cache would slow with its siz
 decode attention backend (``xla`` gathers the page table's pages, ``pallas`` reads each sequence's
 own pages in place), the sampler alone, and XLA's own estimate of the bytes the step touches.
 
+``--host-trace``: a trace of a few ``Engine.step`` calls, the host's events by total time (the
+jitted step's dispatch, PJRT's execute, thunks run on the host), for where the host waits.
+``--overlap``: the engine with ``overlap_schedule=True``.
+
 ``--trace``: a device trace of a few device-only steps (``jax.profiler``), read back in-process
 (``jax.profiler.ProfileData``): the GPU's busy time per step against the step's wall time (the
 difference is idle time between kernels), the kernels per step, and where the busy time goes, by
@@ -202,7 +206,30 @@ def _measure(
     return device_ms
 
 
-def _measure_engine_step(engine: Engine, b: int, host_profile: bool) -> None:
+def _host_events(step, steps: int, top: int = 30) -> None:
+    """Trace ``steps`` calls of ``step``; print the host's events by total time per call."""
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp):
+            for _ in range(steps):
+                step()
+        files = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
+        data = jax.profiler.ProfileData.from_file(files[0]) if files else None
+    total: dict[str, float] = collections.defaultdict(float)
+    count: dict[str, int] = collections.Counter()
+    for plane in data.planes if data else ():
+        if plane.name.startswith("/host"):
+            for line in plane.lines:
+                for e in line.events:
+                    total[e.name[:110]] += e.duration_ns
+                    count[e.name[:110]] += 1
+    print("  host events, by total time per step:")
+    for name, ns in sorted(total.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"    {ns / 1e6 / steps:7.3f} ms/step {count[name] / steps:6.1f} x  {name}")
+
+
+def _measure_engine_step(
+    engine: Engine, b: int, host_profile: bool, host_trace: bool = False
+) -> None:
     rids = [
         engine.add_request([5] * 128, SamplingParams(max_new_tokens=100, ignore_eos=True))
         for _ in range(b)
@@ -217,6 +244,8 @@ def _measure_engine_step(engine: Engine, b: int, host_profile: bool) -> None:
             engine.step()
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+    if host_trace:
+        _host_events(engine.step, 5)
     for x in rids:
         engine.abort(x)
     print(
@@ -229,6 +258,8 @@ def main() -> None:
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--context", type=int, default=1024)
     p.add_argument("--host-profile", action="store_true", help="cProfile 20 engine steps")
+    p.add_argument("--host-trace", action="store_true", help="host events of 5 engine steps")
+    p.add_argument("--overlap", action="store_true", help="the engine with overlap_schedule")
     p.add_argument(
         "--trace", type=int, default=0, help="trace this many device-only steps (0: no trace)"
     )
@@ -262,6 +293,7 @@ def main() -> None:
                 lora_paths={"a": "dummy:16"},
                 max_lora_rank=16,
                 max_loras_per_batch=1,
+                overlap_schedule=args.overlap,
             )
         )
         for b in batches:
@@ -272,7 +304,7 @@ def main() -> None:
                         cost = not args.device_only
                         _measure(engine, b, args.context, backend, trace, cost, lora_backend)
                 if not args.device_only:
-                    _measure_engine_step(engine, b, args.host_profile)
+                    _measure_engine_step(engine, b, args.host_profile, args.host_trace)
         del engine
         gc.collect()  # free its device buffers before the next engine allocates its own
     if args.device_only:
