@@ -104,10 +104,11 @@ class EngineConfig:
     """Overlap the host's work with the device's (SGLang's overlap scheduler): while decode step
     N runs, step N+1 of the same requests is planned and dispatched, its input tokens read on the
     device from step N's output; step N's tokens reach the host one ``step()`` later. Only while
-    the scheduler has nothing else to decide (no request waits, is paused or mid-prefill) and none
-    of the requests ends by length at N; otherwise the engine waits for step N first. A request
-    that stops (EOS) at N has computed one token more, which is dropped. Greedy outputs are the
-    same either way. Real runner only (the fake runner and the simulator run without it)."""
+    the scheduler has nothing else to decide (no request waits, is paused or mid-prefill) and the
+    pages for one more token are free; otherwise the engine waits for step N first. Requests that
+    end by length at N are left out of N+1; one that stops (EOS) at N has computed one token more,
+    which is dropped. Outputs are the same either way. Real runner only (the fake runner and the
+    simulator run without it)."""
 
     @property
     def lora_enabled(self) -> bool:
