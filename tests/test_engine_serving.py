@@ -198,6 +198,42 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
     assert top1[0].token_ids == greedy[0].token_ids
 
 
+def test_overlap_with_sampling_rows_gives_the_same_tokens():
+    """Under overlap the next step reads the sampled tokens on the device (not the greedy ones)."""
+    prompts = [[4, 4, 4], [1, 2], [7, 8, 9, 10]]
+    params = [
+        SamplingParams(max_new_tokens=9, temperature=1.5, seed=7, ignore_eos=True),
+        SamplingParams(max_new_tokens=7, ignore_eos=True),
+        SamplingParams(max_new_tokens=9, temperature=0.8, top_p=0.9, seed=1, ignore_eos=True),
+    ]
+    names = [None, "a", "b"]
+    plain = Engine(_config(warmup=False)).generate(prompts, params, names)
+    engine = Engine(_config(warmup=False, overlap_schedule=True))
+    overlapped = engine.generate(prompts, params, names)
+    assert engine.num_lookahead_steps > 0
+    assert [o.token_ids for o in overlapped] == [o.token_ids for o in plain]
+
+
+def test_lora_off_serves_the_base_model_and_refuses_adapters():
+    bare = Engine(_config(warmup=False, lora_paths={}))
+    assert bare.runner.slots is None  # no slot buffers, no LoRA ops in the steps
+    with_lora = Engine(_config(warmup=False))
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    prompts = [[3, 1, 4, 1, 5], [9, 2, 6]]
+    assert [o.token_ids for o in bare.generate(prompts, params)] == [
+        o.token_ids for o in with_lora.generate(prompts, params)
+    ]
+    with pytest.raises(ValueError, match="adapter 'a' asked for, but LoRA is off"):
+        bare.add_request([1, 2], lora_name="a")
+    with pytest.raises(ValueError, match="cannot load adapter 'a': LoRA is off"):
+        bare.load_lora_adapter("a", "dummy:4")
+    with pytest.raises(ValueError, match=r"enable_lora=False but lora_paths names adapters \(a, b"):
+        _config(enable_lora=False)
+    runtime = Engine(_config(warmup=False, lora_paths={}, enable_lora=True))
+    runtime.load_lora_adapter("late", "dummy:4")  # slots exist: adapters may come at run time
+    assert runtime.generate([[1, 2, 3]], params, lora_name="late")[0].finish_reason == "length"
+
+
 def test_refusals():
     engine = Engine(_config(warmup=False, max_total_tokens=64))
     with pytest.raises(ValueError, match="beyond the context length 128"):
