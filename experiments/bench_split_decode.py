@@ -1,0 +1,100 @@
+"""The LoRA kernels' two launch forms at decode sizes, inside the engine's step.
+
+``fused``: the tuned table as it is (one launch per module group at T <= 64). ``split``: every
+T <= 64 entry switched to the split form (a shrink launch split over d_in, then an expand launch;
+``split_k`` 4 for d_in 4096, 7 for 14336). Each variant builds its own engine (Llama-3.1-8B preset,
+dummy weights, 3 rank-16 adapters, ``lora_backend="pallas"``, overlap scheduling) and times the
+median ``Engine.step`` of decode batches with every request on an adapter, then with none.
+
+    PYTHONPATH=. python experiments/bench_split_decode.py fused split   # on the H100
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import statistics
+import time
+
+import jax
+
+from jlora import Engine, EngineConfig, SamplingParams
+from jlora.kernels import tuned_blocks
+
+ADAPTERS = ("a0", "a1", "a2")
+
+
+def split_table(table: dict) -> dict:
+    """The table with every T <= 64 entry in the split form."""
+    out = dict(table)
+    for (bucket, d_in, total_out), blocks in table.items():
+        if bucket <= 64:
+            units = d_in // blocks.block_k
+            split_k = units // 2 if units > 4 else units
+            out[(bucket, d_in, total_out)] = dataclasses.replace(blocks, split_k=split_k)
+    return out
+
+
+def time_decode(engine: Engine, names: list, steps: int) -> float:
+    params = SamplingParams(max_new_tokens=steps + 12, ignore_eos=True)
+    rids = [engine.add_request([5 + i % 7] * 128, params, n) for i, n in enumerate(names)]
+    while engine.scheduler.waiting or any(engine.requests[r].in_prefill for r in rids):
+        engine.step()
+    for _ in range(4):
+        engine.step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - t)
+    for r in rids:
+        engine.abort(r)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("variants", nargs="+", choices=["fused", "split"])
+    p.add_argument("--model", default="llama-3.1-8b")
+    p.add_argument("--batches", default="1,16,64,128")
+    p.add_argument("--steps", type=int, default=40)
+    args = p.parse_args()
+    batches = tuple(int(b) for b in args.batches.split(","))
+    original = dict(tuned_blocks.GPU_TUNED)
+    for variant in args.variants:
+        tuned_blocks.GPU_TUNED.clear()
+        tuned_blocks.GPU_TUNED.update(split_table(original) if variant == "split" else original)
+        jax.clear_caches()  # the blocks are read when a step is traced: trace again
+        t0 = time.perf_counter()
+        engine = Engine(
+            EngineConfig(
+                model=args.model,
+                load_format="dummy",
+                lora_paths={n: "dummy:16" for n in ADAPTERS},
+                max_loras_per_batch=3,
+                max_lora_rank=16,
+                lora_backend="pallas",
+                context_length=1024,
+                max_running_requests=max(batches),
+                max_prefill_tokens=2048,
+                decode_batch_buckets=batches,
+                prefill_token_buckets=(2048,),
+                kv_len_buckets=(1024,),
+                max_total_tokens=max(batches) * 1024,
+                overlap_schedule=True,
+            )
+        )
+        print(f"[{variant}] start-up {time.perf_counter() - t0:.1f} s", flush=True)
+        for b in batches:
+            lora = time_decode(engine, [ADAPTERS[i % 3] for i in range(b)], args.steps)
+            base = time_decode(engine, [None] * b, args.steps)
+            print(f"[{variant}] B={b:4d}: 3 adapters {lora:.2f} ms, base requests {base:.2f} ms")
+        del engine
+        gc.collect()
+    tuned_blocks.GPU_TUNED.clear()
+    tuned_blocks.GPU_TUNED.update(original)
+
+
+if __name__ == "__main__":
+    main()
