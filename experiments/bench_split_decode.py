@@ -1,13 +1,14 @@
 """The LoRA kernels' two launch forms at decode sizes, inside the engine's step.
 
-``fused``: the tuned table as it is (one launch per module group at T <= 64). ``split``: every
-T <= 64 entry switched to the split form (a shrink launch split over d_in, then an expand launch;
-``split_k`` 4 for d_in 4096, 7 for 14336). Each variant builds its own engine (Llama-3.1-8B preset,
-dummy weights, 3 rank-16 adapters, ``lora_backend="pallas"``, overlap scheduling) and times the
-median ``Engine.step`` of decode batches with every request on an adapter, then with none.
+``table``: the tuned table as it is. ``fused``: every T <= ``--max-bucket`` (64) entry in one
+launch per module group. ``split``: every such entry in the split form (a shrink launch split over
+d_in, then an expand launch; ``split_k`` 4 for d_in 4096, 7 for 14336). ``split_mlp``: only the
+MLP groups (gate/up, down), whose long shrinks gain the most from the split. Each variant builds
+its own engine (Llama-3.1-8B preset, dummy weights, 3 rank-16 adapters, ``lora_backend="pallas"``,
+overlap scheduling) and times the median ``Engine.step`` of decode batches with every request on
+an adapter, then with none.
 
-    PYTHONPATH=. python experiments/bench_split_decode.py fused split   # on the H100
-"""
+    PYTHONPATH=. python experiments/bench_split_decode.py fused split   # on the H100"""
 
 from __future__ import annotations
 
@@ -25,13 +26,19 @@ from jlora.kernels import tuned_blocks
 ADAPTERS = ("a0", "a1", "a2")
 
 
-def split_table(table: dict) -> dict:
-    """The table with every T <= 64 entry in the split form."""
+def split_table(
+    table: dict, mlp_only: bool = False, max_bucket: int = 64, split: bool = True
+) -> dict:
+    """The table with its T <= ``max_bucket`` entries (of the MLP groups only, with ``mlp_only``)
+    in the split form, or (``split=False``) in one launch."""
     out = dict(table)
+    widest = max(o for _, _, o in table)  # gate|up has the widest output
+    longest = max(d for _, d, _ in table)  # down has the longest input
     for (bucket, d_in, total_out), blocks in table.items():
-        if bucket <= 64:
+        mlp = total_out == widest or d_in == longest
+        if bucket <= max_bucket and (mlp or not mlp_only):
             units = d_in // blocks.block_k
-            split_k = units // 2 if units > 4 else units
+            split_k = (units // 2 if units > 4 else units) if split else 0
             out[(bucket, d_in, total_out)] = dataclasses.replace(blocks, split_k=split_k)
     return out
 
@@ -55,16 +62,21 @@ def time_decode(engine: Engine, names: list, steps: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("variants", nargs="+", choices=["fused", "split"])
+    p.add_argument("variants", nargs="+", choices=["table", "fused", "split", "split_mlp"])
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--batches", default="1,16,64,128")
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--max-bucket", type=int, default=64, help="largest token bucket switched")
     args = p.parse_args()
     batches = tuple(int(b) for b in args.batches.split(","))
     original = dict(tuned_blocks.GPU_TUNED)
     for variant in args.variants:
         tuned_blocks.GPU_TUNED.clear()
-        tuned_blocks.GPU_TUNED.update(split_table(original) if variant == "split" else original)
+        table = original
+        if variant != "table":
+            mlp_only, split = variant == "split_mlp", variant != "fused"
+            table = split_table(original, mlp_only, args.max_bucket, split)
+        tuned_blocks.GPU_TUNED.update(table)
         jax.clear_caches()  # the blocks are read when a step is traced: trace again
         t0 = time.perf_counter()
         engine = Engine(

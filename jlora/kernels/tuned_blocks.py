@@ -57,25 +57,28 @@ def token_bucket(num_tokens: int) -> int:
 
 # (token bucket, d_in, O) -> GpuBlocks, measured on the H100 (see the module docstring): the
 # fastest candidate by CUPTI kernel time, scenario "3 adapters of rank 16", where a second launch
-# is charged 15 us. At decode sizes the step is bound by the host's ~15-18 us per launch, so the
-# split forms (faster kernels: qkv 7.1 vs 9.1 us, down 8.1 vs 22 us at T=64) lose to one launch.
+# was charged 15 us (launched by the host). Inside the engine's step, one CUDA graph, a launch costs
+# a gap on the GPU instead, and the split form of the MLP groups (gate|up, down: the long shrinks)
+# wins there at T <= 256: 0.5-0.8 ms off a batch 1-64 decode step with adapters and 1.4 ms at 128,
+# no change without adapters (experiments/bench_split_decode.py, kernels.md). Splitting q|k|v and
+# o too made steps without adapters slower, so they keep one launch.
 _G = GpuBlocks
 GPU_TUNED: dict[tuple[int, int, int], GpuBlocks] = {
     # T <= 16 (and 1)
     (16, 4096, 6144): _G(16, 1024, 256, 256),  # 8.7 us
     (16, 4096, 4096): _G(16, 1024, 256, 256),  # 8.6 us
-    (16, 4096, 28672): _G(16, 1024, 256, 1024),  # 9.8 us
-    (16, 14336, 4096): _G(16, 1024, 256, 256),  # 21.9 us (split_k=7: 7.7 us + a launch)
+    (16, 4096, 28672): _G(16, 1024, 256, 1024, split_k=4),  # fused: 9.8 us
+    (16, 14336, 4096): _G(16, 1024, 256, 256, split_k=7),  # 7.7 us + a launch (fused: 21.9 us)
     # T <= 64
-    (64, 4096, 6144): _G(16, 512, 128, 512),  # 9.1 us
+    (64, 4096, 6144): _G(16, 512, 128, 512),  # 9.1 us (split_k=4: 7.1 us + a launch)
     (64, 4096, 4096): _G(16, 1024, 256, 256),  # 8.7 us
-    (64, 4096, 28672): _G(16, 1024, 256, 1024),  # 18.9 us (split_k=4: 8.7 us + a launch)
-    (64, 14336, 4096): _G(16, 1024, 256, 256),  # 22.0 us (split_k=7: 8.1 us + a launch)
-    # T <= 256 (gate_up and down not measured: the T <= 64 choice)
+    (64, 4096, 28672): _G(16, 1024, 256, 1024, split_k=4),  # 8.7 us + a launch (fused: 18.9 us)
+    (64, 14336, 4096): _G(16, 1024, 256, 256, split_k=7),  # 8.1 us + a launch (fused: 22.0 us)
+    # T <= 256 (gate_up and down not measured alone: the T <= 64 choice, split in the engine)
     (256, 4096, 6144): _G(16, 1024, 256, 1024),  # 10.4 us
     (256, 4096, 4096): _G(16, 1024, 256, 1024),  # 10.0 us
-    (256, 4096, 28672): _G(16, 1024, 256, 1024),
-    (256, 14336, 4096): _G(16, 1024, 256, 256),
+    (256, 4096, 28672): _G(16, 1024, 256, 1024, split_k=4),
+    (256, 14336, 4096): _G(16, 1024, 256, 256, split_k=7),
     # T <= 2048 (and beyond): chunks span whole modules, parallelism comes from token tiles
     (2048, 4096, 6144): _G(32, 1024, 256, 4096),  # 36.9 us
     (2048, 4096, 4096): _G(16, 1024, 256, 16384),  # 21.0 us
