@@ -23,7 +23,6 @@ import gc
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ def _engine_part(args) -> dict:
     import jax
 
     from jlora import Engine, EngineConfig, SamplingParams
+    from jlora.bench.decode_timing import median_decode_step_ms
     from models.presets import get_preset
 
     cfg = get_preset(args.model)
@@ -85,7 +85,7 @@ def _engine_part(args) -> dict:
             for lora in (False,) if bare else (False, True):
                 names = [HF_ADAPTERS[i % 3] if lora else None for i in range(b)]
                 for overlap, eng in ((False, engine), (True, overlapped)):
-                    ms = _time_decode(eng, b, names, args, SamplingParams)
+                    ms = median_decode_step_ms(eng, names, args.steps, args.prompt_len, seed=b)
                     rows[(b, lora, overlap)] = ms
                     print(
                         f"[{backend}] decode B={b:4d} lora={lora!s:5} overlap={overlap!s:5}: "
@@ -103,32 +103,6 @@ def _engine_part(args) -> dict:
         del engine, overlapped, eng
         gc.collect()  # free its device buffers before the next engine allocates its own
     return result
-
-
-def _time_decode(engine, batch, names, args, SamplingParams) -> float:
-    import numpy as np
-
-    rng = np.random.default_rng(batch)
-    params = SamplingParams(max_new_tokens=args.steps + 8, ignore_eos=True)
-    rids = [
-        engine.add_request(
-            rng.integers(3, engine.model_config.vocab_size, args.prompt_len).tolist(), params, name
-        )
-        for name in names
-    ]
-    while engine.scheduler.waiting or any(engine.requests[r].in_prefill for r in rids):
-        engine.step()
-    for _ in range(3):  # warm the decode path
-        engine.step()
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        engine.step()
-        times.append(time.perf_counter() - t)
-        assert engine.last_plan.kind == "decode" and len(engine.last_plan.decode) == batch
-    for r in rids:
-        engine.abort(r)
-    return 1e3 * statistics.median(times)
 
 
 def _time_prefill(engine, args, SamplingParams, adapters: bool) -> float:

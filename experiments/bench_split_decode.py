@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import statistics
 import time
 
 import jax
 
-from jlora import Engine, EngineConfig, SamplingParams
+from jlora import Engine, EngineConfig
+from jlora.bench.decode_timing import median_decode_step_ms
 from jlora.kernels import tuned_blocks
 
 ADAPTERS = ("a0", "a1", "a2")
@@ -41,23 +41,6 @@ def split_table(
             split_k = (units // 2 if units > 4 else units) if split else 0
             out[(bucket, d_in, total_out)] = dataclasses.replace(blocks, split_k=split_k)
     return out
-
-
-def time_decode(engine: Engine, names: list, steps: int) -> float:
-    params = SamplingParams(max_new_tokens=steps + 12, ignore_eos=True)
-    rids = [engine.add_request([5 + i % 7] * 128, params, n) for i, n in enumerate(names)]
-    while engine.scheduler.waiting or any(engine.requests[r].in_prefill for r in rids):
-        engine.step()
-    for _ in range(4):
-        engine.step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        engine.step()
-        times.append(time.perf_counter() - t)
-    for r in rids:
-        engine.abort(r)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:
@@ -99,8 +82,8 @@ def main() -> None:
         )
         print(f"[{variant}] start-up {time.perf_counter() - t0:.1f} s", flush=True)
         for b in batches:
-            lora = time_decode(engine, [ADAPTERS[i % 3] for i in range(b)], args.steps)
-            base = time_decode(engine, [None] * b, args.steps)
+            lora = median_decode_step_ms(engine, [ADAPTERS[i % 3] for i in range(b)], args.steps)
+            base = median_decode_step_ms(engine, [None] * b, args.steps)
             print(f"[{variant}] B={b:4d}: 3 adapters {lora:.2f} ms, base requests {base:.2f} ms")
         del engine
         gc.collect()

@@ -28,7 +28,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -72,30 +71,10 @@ def engine_config(model: str, tp: int, drainer: str, context: int = 1024):
 
 # ---------------------------------------------------------------------------------- GPU parts
 def _time_decode(engine, batch: int, steps: int) -> float:
-    import numpy as np
+    from jlora.bench.decode_timing import median_decode_step_ms
 
-    from jlora import SamplingParams
-
-    rng = np.random.default_rng(batch)
-    params = SamplingParams(max_new_tokens=steps + 8, ignore_eos=True)
     names = [f"adapter{i % 3}" for i in range(batch)]
-    rids = [
-        engine.add_request(rng.integers(3, engine.model_config.vocab_size, 128).tolist(), params, n)
-        for n in names
-    ]
-    while engine.scheduler.waiting or any(engine.requests[r].in_prefill for r in rids):
-        engine.step()
-    for _ in range(3):
-        engine.step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        engine.step()
-        times.append(time.perf_counter() - t)
-        assert engine.last_plan.kind == "decode" and len(engine.last_plan.decode) == batch
-    for r in rids:
-        engine.abort(r)
-    return 1e3 * statistics.median(times)
+    return median_decode_step_ms(engine, names, steps, seed=batch)
 
 
 def gpu_part(name: str, args) -> dict:

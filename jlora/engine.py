@@ -12,8 +12,9 @@ any adapter the plan needs into its device slot, runs the one prefill or decode 
 the sampled tokens: timestamps, stop conditions, freeing what finished. With ``overlap_schedule``
 a decode step's tokens are applied in the next call, after the following decode step has been
 dispatched (:meth:`Engine.step`). The runner and the clock are injected, so the same loop runs the
-real model, a fake runner in tests, or the simulator. The scheduling policy is built from ``lora_drain_wait_threshold`` / ``lora_drain_policy`` unless one is
-passed (``policy=``); ``engine.last_state`` is the scheduler's state at the last decision.
+real model, a fake runner in tests, or the simulator. The scheduling policy is built from
+``lora_drain_wait_threshold`` / ``lora_drain_policy`` unless one is passed (``policy=``);
+``engine.last_state`` is the scheduler's state at the last decision.
 """
 
 from __future__ import annotations

@@ -207,3 +207,16 @@ def test_settings_differing_only_in_scheduling_share_the_device_runner():
     assert other.runner is not first.runner  # the slot buffers differ: a runner of its own
     runners.clear()
     assert make_engine(config, bench, runners).runner is not other.runner
+
+
+def test_median_decode_step_time_leaves_the_engine_empty():
+    from jlora import Engine, EngineConfig
+    from jlora.bench.decode_timing import median_decode_step_ms
+
+    engine = Engine(
+        EngineConfig(model="tiny", load_format="dummy", lora_paths={"a": "dummy:4"}, warmup=False)
+    )
+    ms = median_decode_step_ms(engine, ["a", None, "a"], steps=3, prompt_len=8)
+    assert ms > 0
+    assert not engine.has_unfinished()
+    assert engine.num_steps >= 3 + 3  # prefill, warm-up and timed steps ran
