@@ -62,7 +62,7 @@ def sample(logits: jax.Array, s: SamplingInputs) -> jax.Array:  # [B, V] f32 -> 
     return _sample_rows(logits, s, greedy(logits))
 
 
-def _sample_rows(logits: jax.Array, s: SamplingInputs, greedy: jax.Array) -> jax.Array:
+def _sample_rows(logits: jax.Array, s: SamplingInputs, greedy_tokens: jax.Array) -> jax.Array:
     vocab = logits.shape[-1]
     scaled = logits / jnp.maximum(s.temperature, 1e-6)[:, None]
     sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]  # descending
@@ -80,4 +80,4 @@ def _sample_rows(logits: jax.Array, s: SamplingInputs, greedy: jax.Array) -> jax
         s.seed, s.step
     )
     sampled = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
-    return jnp.where(s.temperature > 0, sampled, greedy)
+    return jnp.where(s.temperature > 0, sampled, greedy_tokens)
