@@ -257,3 +257,11 @@ def test_bench_runs_the_simulator(tmp_path):
         assert out["metrics"][name]["completed"] == 200
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
     assert [json.loads(x)["setting"] for x in lines] == ["off", "sglang"]
+
+
+def test_the_simulator_says_it_does_not_model_overlap():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        engine = make_sim_engine(_config(overlap_schedule=True))
+    assert any("overlap_schedule=True is not modelled" in str(w.message) for w in seen)
+    assert not engine._overlap  # the plain loop, as its cost model was calibrated

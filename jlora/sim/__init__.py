@@ -172,6 +172,12 @@ def make_sim_engine(
     """
     if cost is None:
         cost = load_cost_model(config, cost_model_path)
+    if config.overlap_schedule:
+        warnings.warn(
+            "overlap_schedule=True is not modelled by the simulator: it runs the engine loop "
+            "without overlap (its cost models are calibrated that way)",
+            stacklevel=2,
+        )
     model = config.model_config()
     pages = device_kv_pages(config, model, cost)
     config = dataclasses.replace(
