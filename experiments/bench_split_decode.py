@@ -6,7 +6,8 @@ d_in, then an expand launch; ``split_k`` 4 for d_in 4096, 7 for 14336). ``split_
 MLP groups (gate/up, down), whose long shrinks gain the most from the split. Each variant builds
 its own engine (Llama-3.1-8B preset, dummy weights, 3 rank-16 adapters, ``lora_backend="pallas"``,
 overlap scheduling) and times the median ``Engine.step`` of decode batches with every request on
-an adapter, then with none.
+an adapter, then with none, and of prefill steps of ``--prefill-tokens`` tokens (one request on an
+adapter), which use the same table entries.
 
     PYTHONPATH=. python experiments/bench_split_decode.py fused split   # on the H100"""
 
@@ -15,11 +16,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import statistics
 import time
 
 import jax
 
-from jlora import Engine, EngineConfig
+from jlora import Engine, EngineConfig, SamplingParams
 from jlora.bench.decode_timing import median_decode_step_ms
 from jlora.kernels import tuned_blocks
 
@@ -43,6 +45,22 @@ def split_table(
     return out
 
 
+def median_prefill_step_ms(engine: Engine, num_tokens: int, name: str, reps: int) -> float:
+    """Median wall time (ms) of a prefill step of one ``num_tokens``-token request."""
+    times = []
+    for i in range(reps + 1):
+        rid = engine.add_request([3 + i] * num_tokens, SamplingParams(max_new_tokens=1), name)
+        t = time.perf_counter()
+        engine.step()
+        if i:  # the first one loads the adapter into its slot
+            times.append(time.perf_counter() - t)
+        assert engine.last_plan.kind == "prefill"
+        while engine.has_unfinished():
+            engine.step()
+        assert engine.requests[rid].output
+    return 1e3 * statistics.median(times)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("variants", nargs="+", choices=["table", "fused", "split", "split_mlp"])
@@ -50,8 +68,10 @@ def main() -> None:
     p.add_argument("--batches", default="1,16,64,128")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--max-bucket", type=int, default=64, help="largest token bucket switched")
+    p.add_argument("--prefill-tokens", default="64,256", help="prefill step sizes to time")
     args = p.parse_args()
     batches = tuple(int(b) for b in args.batches.split(","))
+    prefill_sizes = tuple(int(t) for t in args.prefill_tokens.split(","))
     original = dict(tuned_blocks.GPU_TUNED)
     for variant in args.variants:
         tuned_blocks.GPU_TUNED.clear()
@@ -74,7 +94,7 @@ def main() -> None:
                 max_running_requests=max(batches),
                 max_prefill_tokens=2048,
                 decode_batch_buckets=batches,
-                prefill_token_buckets=(2048,),
+                prefill_token_buckets=(*prefill_sizes, 2048),
                 kv_len_buckets=(1024,),
                 max_total_tokens=max(batches) * 1024,
                 overlap_schedule=True,
@@ -85,6 +105,9 @@ def main() -> None:
             lora = median_decode_step_ms(engine, [ADAPTERS[i % 3] for i in range(b)], args.steps)
             base = median_decode_step_ms(engine, [None] * b, args.steps)
             print(f"[{variant}] B={b:4d}: 3 adapters {lora:.2f} ms, base requests {base:.2f} ms")
+        for t in prefill_sizes:
+            ms = median_prefill_step_ms(engine, t, ADAPTERS[0], reps=10)
+            print(f"[{variant}] prefill of {t} tokens on an adapter: {ms:.2f} ms")
         del engine
         gc.collect()
     tuned_blocks.GPU_TUNED.clear()
