@@ -281,49 +281,28 @@ class Engine:
 
         With ``overlap_schedule`` a decode step is dispatched and its tokens are applied in the
         next call, which first dispatches the following decode step when it can
-        (:meth:`_lookahead`): the device then never waits for the host between the two."""
+        (:meth:`Scheduler.lookahead`): the device then never waits for the host between the two."""
         if self._in_flight is None:
             return self._step_once()
-        lookahead = self._lookahead()
+        reqs, launched = self._in_flight
+        lookahead = self.scheduler.lookahead(reqs, self.context_length)
         if lookahead is not None:
-            reqs, launched = self._in_flight
+            self._record(lookahead, self.clock.now())
             seqs = self._decode_seqs(lookahead.decode, fed_back=True)
             self._in_flight = (lookahead.decode, self.runner.launch_decode(seqs, launched))
             self.num_steps += 1
             self.num_lookahead_steps += 1
             return self._resolve(reqs, launched)
-        finished = self._resolve(*self._in_flight)
+        finished = self._resolve(reqs, launched)
         self._in_flight = None
         if not self.scheduler.has_work():
             return finished
         return finished + self._step_once()
 
-    def _lookahead(self) -> StepPlan | None:
-        """The decode step after the one in flight, planned before its tokens are known: the
-        same requests, less those that end by length in it, each one token further. None where
-        the scheduler may have another decision to make or the pages for it are not free."""
-        sched, context = self.scheduler, self.context_length
-        reqs = self._in_flight[0]
-        if not sched.settled() or len(sched.running) != len(reqs):
-            return None
-        running = Status.RUNNING
-        going_on = [
-            r
-            for r in reqs
-            if r.status is running
-            and len(r.output) + 1 < r.params.max_new_tokens
-            and r.num_tokens + 1 < context
-        ]
-        if not going_on or not sched.grow_for_next_token(going_on):
-            return None
-        now = self.clock.now()
-        plan = StepPlan("decode", decode=going_on)
-        names = {r.lora_name for r in going_on}
-        names.discard(None)
-        self.adapters.touch(names)
-        sched.last_plan = self.last_plan = plan
-        self._state, self._take_state = None, sched.deferred_snapshot(now)
-        return plan
+    def _record(self, plan: StepPlan, now: float) -> None:
+        """Keep the decision made at ``now`` (``last_plan``; ``last_state``, counted on read)."""
+        self.last_plan = plan
+        self._state, self._take_state = None, self.scheduler.deferred_snapshot(now)
 
     def _resolve(self, reqs: list[Request], launched) -> list[RequestOutput]:
         """Wait for a dispatched decode step and apply its tokens; a request that finished since
@@ -340,8 +319,7 @@ class Engine:
         dispatched under ``overlap_schedule``: its tokens come with the next call)."""
         now = self.clock.now()
         plan = self.scheduler.schedule(now)
-        self.last_plan = plan
-        self._state, self._take_state = None, self.scheduler.deferred_snapshot(now)
+        self._record(plan, now)
         for slot, name in plan.loads:  # also for resumed requests, which decode in a later step
             self.runner.load_lora(slot, self.adapters.get(name))
         if plan.kind == "idle":

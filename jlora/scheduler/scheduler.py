@@ -290,28 +290,40 @@ class Scheduler:
                 plan.decode.append(req)
         if not plan.decode:
             plan.kind = "idle"
+        return self._decided_decode(plan)
+
+    def lookahead(self, in_flight: list[Request], context_length: int) -> StepPlan | None:
+        """The decode step after the one in flight (overlap scheduling), planned before its tokens
+        are known: the same requests, less those that end by length in it, each one token
+        further. None where there may be another decision to make (a request waits, is paused or
+        is mid-prefill: the drainer acts only on waiters) or the pages for one more token of each
+        are not free (nothing is preempted for a lookahead); the caller then waits for the step
+        in flight and asks :meth:`schedule`."""
+        if self.waiting or self.paused or self._chunking() or len(self.running) != len(in_flight):
+            return None
+        running = Status.RUNNING
+        going_on = [
+            r
+            for r in in_flight
+            if r.status is running
+            and len(r.output) + 1 < r.params.max_new_tokens
+            and r.num_tokens + 1 < context_length
+        ]
+        page_size = self.pages.page_size
+        need = [r for r in going_on if r.num_tokens + 1 > len(r.pages) * page_size]
+        if not going_on or len(need) > self.pages.num_free:
+            return None
+        for req in need:
+            req.pages += self.pages.alloc(1)
+        return self._decided_decode(StepPlan("decode", decode=going_on))
+
+    def _decided_decode(self, plan: StepPlan) -> StepPlan:
+        """Mark a decode plan's adapters used (for LRU) and keep it as the last plan."""
         names = {r.lora_name for r in plan.decode}
         names.discard(None)
         self.adapters.touch(names)
         self.last_plan = plan
         return plan
-
-    def grow_for_next_token(self, reqs: list[Request]) -> bool:
-        """Give each request the pages for one token more than it holds (the one it samples in a
-        step still in flight), all or none. False, with nothing allocated, when the free pages do
-        not suffice: nothing is preempted for a step that is only a lookahead."""
-        page_size = self.pages.page_size
-        need = [r for r in reqs if r.num_tokens + 1 > len(r.pages) * page_size]
-        if len(need) > self.pages.num_free:
-            return False
-        for req in need:
-            req.pages += self.pages.alloc(1)
-        return True
-
-    def settled(self) -> bool:
-        """Nothing to decide but the next decode of the running requests: none waits, none is
-        paused, none is in the middle of a chunked prefill (the drainer acts only on waiters)."""
-        return not self.waiting and not self.paused and not self._chunking()
 
     def _chunking(self) -> list[Request]:
         """The running request in the middle of a chunked prefill, if any (``in_prefill`` and
