@@ -18,7 +18,9 @@ from jlora.clock import FakeClock
 from jlora.runner.base import DecodeSeq, PrefillSeq
 
 
-def _default_token(rid: int, index: int) -> int:
+def scripted_token(rid: int, index: int) -> int:
+    """The default token of request ``rid`` at output index ``index``: never an end-of-sequence
+    id of the presets, so requests run to ``max_new_tokens``."""
     return 100 + (rid * 7 + index) % 100
 
 
@@ -31,7 +33,7 @@ class FakeRunner:
     decode_base: float = 0.020
     decode_per_seq: float = 0.0
     load_time: float = 0.0
-    token_fn: Callable[[int, int], int] = _default_token
+    token_fn: Callable[[int, int], int] = scripted_token
     log: list[tuple] = field(default_factory=list)
     """A line per call: ("prefill", [(rid, start, n)]), ("decode", [rid]), ("load", slot, name)."""
     times: list[tuple[float, float]] = field(default_factory=list)

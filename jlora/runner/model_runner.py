@@ -224,7 +224,8 @@ class ModelRunner:
         if attention_backend not in ("xla", "pallas"):
             raise ValueError(f"attention_backend={attention_backend!r} is not 'xla' or 'pallas'")
         self.attention_backend = attention_backend
-        self._zeros_fed_back: jax.Array | None = None
+        # The ``fed_back`` of a decode step that reads no token from another step.
+        self._no_feedback = jnp.zeros(buckets.decode_batch[-1], jnp.int32)
         # On CPU the Pallas kernel runs in its interpreter (tests); on GPU it is compiled.
         self._interpret = jax.default_backend() == "cpu"
         if mesh is None:
@@ -273,13 +274,6 @@ class ModelRunner:
             packed, spec = pack((sampling,))
             tokens = sample_step(row_logits, packed, spec)
         return tokens
-
-    @property
-    def _no_feedback(self) -> jax.Array:
-        """The ``fed_back`` of a decode step that reads no token from another step."""
-        if self._zeros_fed_back is None:
-            self._zeros_fed_back = jnp.zeros(self.buckets.decode_batch[-1], jnp.int32)
-        return self._zeros_fed_back
 
     # ------------------------------------------------------------------ steps
     def prefill(self, seqs: list[PrefillSeq]) -> list[int | None]:

@@ -17,14 +17,15 @@ from jlora.adapters.peft import LoraAdapter
 from jlora.clock import FakeClock
 from jlora.runner.base import DecodeSeq, PrefillSeq
 from jlora.runner.buckets import ShapeBuckets
+from jlora.runner.fake import scripted_token
 from jlora.sim.cost_model import CostModel, StepLayout
 
 KINDS = ("prefill", "decode", "load", "host_load")
 
 
-def sim_token(rid: int, index: int) -> int:
-    """The token request ``rid`` samples at output index ``index`` in the simulator."""
-    return 100 + (rid * 7 + index) % 100
+sim_token = scripted_token
+"""The token request ``rid`` samples at output index ``index`` in the simulator (the fake
+runner's)."""
 
 
 @dataclass
