@@ -48,10 +48,22 @@ def _median_ms(fn, reps: int = 20) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _kernel_events(xplane_file: str) -> list[tuple[str, float, float]]:
+def _profile(step, steps: int):
+    """Run ``steps`` calls of ``step`` under the profiler: (wall ms per call, the trace read back
+    as ``jax.profiler.ProfileData``, or None if no trace was written)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        with jax.profiler.trace(tmp):
+            for _ in range(steps):
+                step()
+        wall_ms = 1e3 * (time.perf_counter() - t0) / steps
+        files = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
+        return wall_ms, jax.profiler.ProfileData.from_file(files[0]) if files else None
+
+
+def _kernel_events(data) -> list[tuple[str, float, float]]:
     """(name, start_ns, duration_ns) of every event on the GPU planes' stream lines (kernels and
     copies as the device ran them)."""
-    data = jax.profiler.ProfileData.from_file(xplane_file)
     events = []
     for plane in data.planes:
         if not plane.name.startswith("/device:GPU"):
@@ -63,10 +75,9 @@ def _kernel_events(xplane_file: str) -> list[tuple[str, float, float]]:
     return events
 
 
-def _host_api_calls(xplane_file: str) -> dict[str, int]:
+def _host_api_calls(data) -> dict[str, int]:
     """Counts of the host's CUDA API calls in the trace (kernel launches against graph launches
     tell whether a step ran as CUDA graphs), by call name."""
-    data = jax.profiler.ProfileData.from_file(xplane_file)
     counts: dict[str, int] = collections.Counter()
     for plane in data.planes:
         if not plane.name.startswith("/host"):
@@ -115,15 +126,9 @@ def _trace(step, steps: int, label: str, hlo_text: str = "") -> None:
     """Trace ``steps`` calls of ``step`` and print where the GPU's time goes; with the step's
     compiled HLO, each kernel family also names the ops (named scopes) its kernels come from."""
     step()
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        with jax.profiler.trace(tmp):
-            for _ in range(steps):
-                step()
-        wall_ms = 1e3 * (time.perf_counter() - t0) / steps
-        files = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
-        events = _kernel_events(files[0]) if files else []
-        launches = _host_api_calls(files[0]) if files else {}
+    wall_ms, data = _profile(step, steps)
+    events = _kernel_events(data) if data else []
+    launches = _host_api_calls(data) if data else {}
     if not events:
         print(f"[{label}] the trace holds no GPU stream events")
         return
@@ -208,12 +213,7 @@ def _measure(
 
 def _host_events(step, steps: int, top: int = 30) -> None:
     """Trace ``steps`` calls of ``step``; print the host's events by total time per call."""
-    with tempfile.TemporaryDirectory() as tmp:
-        with jax.profiler.trace(tmp):
-            for _ in range(steps):
-                step()
-        files = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
-        data = jax.profiler.ProfileData.from_file(files[0]) if files else None
+    _, data = _profile(step, steps)
     total: dict[str, float] = collections.defaultdict(float)
     count: dict[str, int] = collections.Counter()
     for plane in data.planes if data else ():
