@@ -23,6 +23,7 @@ import gc
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -46,63 +47,93 @@ def _engine_part(args) -> dict:
     weight_bytes = 2 * cfg.num_params()
     result["weight_gb"] = weight_bytes / 1e9
     result["floor_ms"] = weight_bytes / args.copy_bw / 1e-3
-    for backend in args.backends.split(","):
-        t0 = time.perf_counter()
-        bare = backend == "none"
-        engine = Engine(
-            EngineConfig(
-                model=args.model,
-                load_format="dummy",
-                dtype="bfloat16",
-                lora_paths={} if bare else {n: "dummy:16" for n in HF_ADAPTERS},
-                enable_lora=not bare,
-                max_loras_per_batch=3,
-                max_lora_rank=16,
-                lora_backend="xla" if bare else backend,
-                attention_backend=args.attention_backend,
-                context_length=args.context,
-                max_running_requests=max(batches),
-                max_prefill_tokens=args.prefill_tokens,
-                decode_batch_buckets=tuple(batches),
-                prefill_token_buckets=(args.prefill_tokens,),
-                kv_len_buckets=(args.context,),
-                max_total_tokens=max(batches) * args.context,
+    for scheduling in args.graph_scheduling.split(","):
+        for backend in args.backends.split(","):
+            label = _label(backend, scheduling)
+            t0 = time.perf_counter()
+            bare = backend == "none"
+            engine = Engine(
+                EngineConfig(
+                    model=args.model,
+                    load_format="dummy",
+                    dtype="bfloat16",
+                    lora_paths={} if bare else {n: "dummy:16" for n in HF_ADAPTERS},
+                    enable_lora=not bare,
+                    max_loras_per_batch=3,
+                    max_lora_rank=16,
+                    lora_backend="xla" if bare else backend,
+                    attention_backend=args.attention_backend,
+                    graph_scheduling=scheduling,
+                    context_length=args.context,
+                    max_running_requests=max(batches),
+                    max_prefill_tokens=args.prefill_tokens,
+                    decode_batch_buckets=tuple(batches),
+                    prefill_token_buckets=(args.prefill_tokens,),
+                    kv_len_buckets=(args.context,),
+                    max_total_tokens=max(batches) * args.context,
+                )
             )
-        )
-        startup = time.perf_counter() - t0
-        print(
-            f"[{backend}] start-up incl. compiling {len(engine.buckets.all_shapes())} shapes: "
-            f"{startup:.1f} s",
-            flush=True,
-        )
-        result["attention"] = engine.runner.attention_backend
-        # The same compiled runner under overlap scheduling (a host-side setting): side by side.
-        overlapped = Engine(
-            dataclasses.replace(engine.config, overlap_schedule=True), runner=engine.runner
-        )
-        rows = {}
-        for b in batches:
-            for lora in (False,) if bare else (False, True):
-                names = [HF_ADAPTERS[i % 3] if lora else None for i in range(b)]
-                for overlap, eng in ((False, engine), (True, overlapped)):
-                    ms = median_decode_step_ms(eng, names, args.steps, args.prompt_len, seed=b)
-                    rows[(b, lora, overlap)] = ms
-                    print(
-                        f"[{backend}] decode B={b:4d} lora={lora!s:5} overlap={overlap!s:5}: "
-                        f"{ms:.2f} ms",
-                        flush=True,
-                    )
-        prefill = _time_prefill(engine, args, SamplingParams, adapters=not bare)
-        print(f"[{backend}] prefill 512-token prompts: {prefill:.0f} tok/s", flush=True)
-        result[backend] = {
-            "startup_s": startup,
-            "num_shapes": len(engine.buckets.all_shapes()),
-            "decode_ms": {f"{b}/{int(lo)}/{int(ov)}": v for (b, lo, ov), v in rows.items()},
-            "prefill_tok_s": prefill,
-        }
-        del engine, overlapped, eng
-        gc.collect()  # free its device buffers before the next engine allocates its own
+            startup = time.perf_counter() - t0
+            print(
+                f"[{label}] start-up incl. compiling {len(engine.buckets.all_shapes())} shapes: "
+                f"{startup:.1f} s",
+                flush=True,
+            )
+            result["attention"] = engine.runner.attention_backend
+            # The same compiled runner under overlap scheduling (a host-side setting).
+            overlapped = Engine(
+                dataclasses.replace(engine.config, overlap_schedule=True), runner=engine.runner
+            )
+            rounds: dict[tuple, list[float]] = {}
+            for round_ in range(args.repeats):  # rounds over all cells, to see their spread
+                for b in batches:
+                    for lora in (False,) if bare else (False, True):
+                        names = [HF_ADAPTERS[i % 3] if lora else None for i in range(b)]
+                        for overlap, eng in ((False, engine), (True, overlapped)):
+                            ms = median_decode_step_ms(
+                                eng, names, args.steps, args.prompt_len, seed=b + round_
+                            )
+                            rounds.setdefault((b, lora, overlap), []).append(ms)
+                            print(
+                                f"[{label}] round {round_} decode B={b:4d} lora={lora!s:5} "
+                                f"overlap={overlap!s:5}: {ms:.2f} ms",
+                                flush=True,
+                            )
+            rows = {key: statistics.median(v) for key, v in rounds.items()}
+            prefill = _time_prefill(engine, args, SamplingParams, adapters=not bare)
+            print(f"[{label}] prefill 512-token prompts: {prefill:.0f} tok/s", flush=True)
+            result[label] = {
+                "startup_s": startup,
+                "num_shapes": len(engine.buckets.all_shapes()),
+                "decode_ms": {f"{b}/{int(lo)}/{int(ov)}": v for (b, lo, ov), v in rows.items()},
+                "decode_ms_rounds": {
+                    f"{b}/{int(lo)}/{int(ov)}": v for (b, lo, ov), v in rounds.items()
+                },
+                "prefill_tok_s": prefill,
+                "outputs": _reference_outputs(engine, SamplingParams, adapters=not bare),
+            }
+            del engine, overlapped, eng
+            gc.collect()  # free its device buffers before the next engine allocates its own
     return result
+
+
+def _label(backend: str, scheduling: str) -> str:
+    return f"{backend}/{scheduling}"
+
+
+def _reference_outputs(engine, SamplingParams, adapters: bool) -> list[list[int]]:
+    """Greedy tokens of a fixed mixed batch (adapters and none, different lengths), so that the
+    runs of one backend under different graph scheduling modes can be checked to agree."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    vocab = engine.model_config.vocab_size
+    prompts = [rng.integers(3, vocab, 16 + 24 * i).tolist() for i in range(8)]
+    names = [HF_ADAPTERS[i % 4] if adapters and i % 4 < 3 else None for i in range(8)]
+    outputs = engine.generate(
+        prompts, SamplingParams(max_new_tokens=12, ignore_eos=True), lora_name=names
+    )
+    return [list(o.token_ids) for o in outputs]
 
 
 def _time_prefill(engine, args, SamplingParams, adapters: bool) -> float:
@@ -208,32 +239,49 @@ def _write(args, ours: dict, hf: dict | None) -> str:
         "",
     ]
     backends = args.backends.split(",")
-    bare = ours.get("none")
-    for backend in backends:
-        r = ours[backend]
+    schedulings = args.graph_scheduling.split(",")
+    runs = [(b, g) for g in schedulings for b in backends]
+    for backend, scheduling in runs:
+        r = ours[_label(backend, scheduling)]
         lines += [
-            f"Start-up of `{backend}` (weights, compiling {r['num_shapes']} step shapes): "
-            f"{r['startup_s']:.1f} s. Prefill of 512-token prompts: {r['prefill_tok_s']:.0f} "
-            "tokens/s.",
+            f"Start-up of `{backend}`, graph `{scheduling}` (weights, compiling "
+            f"{r['num_shapes']} step shapes): {r['startup_s']:.1f} s. Prefill of 512-token "
+            f"prompts: {r['prefill_tok_s']:.0f} tokens/s.",
             "",
         ]
+    if len(schedulings) > 1:
+        for backend in backends:
+            outs = [ours[_label(backend, g)]["outputs"] for g in schedulings]
+            same = all(o == outs[0] for o in outs)
+            lines += [
+                f"Greedy outputs of `{backend}` (8 mixed requests, 12 tokens) under "
+                f"{' and '.join(schedulings)}: {'identical' if same else 'DIFFERENT'}.",
+                "",
+            ]
     lines += [
-        "`plain`: `Engine.step` with the host's work between device steps; `overlap`: with "
+        "`graph`: the step's CUDA-graph scheduling (`EngineConfig.graph_scheduling`); `plain`: "
+        "`Engine.step` with the host's work between device steps; `overlap`: with "
         "`overlap_schedule=True` (the next decode step dispatched before the last one's tokens "
         "are read), on the same compiled runner in the same process. LoRA overhead: the "
-        "3-adapter step against the step of the engine with no LoRA compiled, both with overlap"
-        + ("." if bare else " (no `none` run: against the same engine's base requests)."),
+        "3-adapter step against the step of the engine with no LoRA compiled under the same "
+        "graph scheduling, both with overlap"
+        + (
+            "."
+            if "none" in backends
+            else " (no `none` run: against the same engine's base requests)."
+        ),
         "",
-        "| LoRA backend | batch | base requests, plain (ms) | overlap (ms) | overlap / floor "
-        "| 3 adapters, plain (ms) | overlap (ms) | LoRA overhead | HF+PEFT (ms/token) |",
-        "| --- |" + " ---: |" * 8,
+        "| LoRA backend | graph | batch | base requests, plain (ms) | overlap (ms) | overlap / "
+        "floor | 3 adapters, plain (ms) | overlap (ms) | LoRA overhead | HF+PEFT (ms/token) |",
+        "| --- | --- |" + " ---: |" * 8,
     ]
     batches = [int(x) for x in args.batches.split(",")]
-    for backend in backends:
-        ms = ours[backend]["decode_ms"]
+    for backend, scheduling in runs:
+        ms = ours[_label(backend, scheduling)]["decode_ms"]
+        bare = ours.get(_label("none", scheduling))
         for b in batches:
             base_plain, base_over = ms[f"{b}/0/0"], ms[f"{b}/0/1"]
-            cells = [backend, str(b), f"{base_plain:.2f}", f"{base_over:.2f}"]
+            cells = [backend, scheduling, str(b), f"{base_plain:.2f}", f"{base_over:.2f}"]
             cells.append(f"{base_over / ours['floor_ms']:.2f}x")
             if backend == "none":
                 cells += ["-", "-", "-"]
@@ -248,6 +296,23 @@ def _write(args, ours: dict, hf: dict | None) -> str:
             hf_ms = hf.get(f"decode_ms/{b}") if hf else None
             cells.append("-" if hf_ms is None or backend == "none" else f"{hf_ms:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
+    if args.repeats > 1:
+        lines += [
+            "",
+            f"Each cell above is the median of {args.repeats} rounds (each the median of "
+            f"{args.steps} steps); the rounds, with overlap:",
+            "",
+            "| LoRA backend | graph | batch | base requests (ms) | 3 adapters (ms) |",
+            "| --- | --- | ---: | --- | --- |",
+        ]
+        for backend, scheduling in runs:
+            got = ours[_label(backend, scheduling)]["decode_ms_rounds"]
+            for b in batches:
+                cells = [backend, scheduling, str(b)]
+                for lora in (0, 1):
+                    v = got.get(f"{b}/{lora}/1")
+                    cells.append("-" if v is None else ", ".join(f"{x:.2f}" for x in v))
+                lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
 
@@ -263,12 +328,21 @@ def main() -> None:
     parser.add_argument(
         "--attention-backend", default="auto", help="decode attention: auto, xla or pallas"
     )
+    parser.add_argument(
+        "--graph-scheduling",
+        default="concurrent",
+        help="comma-separated CUDA-graph scheduling modes (EngineConfig.graph_scheduling); with "
+        "several, each backend runs under each and their greedy outputs are compared",
+    )
     parser.add_argument("--batches", default="1,16,64,128")
     parser.add_argument("--hf-batches", default="1,16,64")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--prefill-tokens", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds of every decode cell; the median is shown"
+    )
     parser.add_argument("--hf-steps", type=int, default=16)
     parser.add_argument("--copy-bw", type=float, default=2.9e12, help="device copy ceiling, B/s")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")

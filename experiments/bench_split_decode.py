@@ -7,7 +7,10 @@ MLP groups (gate/up, down), whose long shrinks gain the most from the split. Eac
 its own engine (Llama-3.1-8B preset, dummy weights, 3 rank-16 adapters, ``lora_backend="pallas"``,
 overlap scheduling) and times the median ``Engine.step`` of decode batches with every request on
 an adapter, then with none, and of prefill steps of ``--prefill-tokens`` tokens (one request on an
-adapter), which use the same table entries.
+adapter), which use the same table entries. A ``+lite`` suffix (``table+lite``) also gives those
+entries a short shrink step and two pipeline stages (``block_k`` 256, ``num_stages`` 2: ~32 KB of
+shared memory instead of ~200 KB), so that under ``--graph-scheduling concurrent`` a LoRA kernel's
+programs can share an SM with the base projection's matmul running beside it.
 
     PYTHONPATH=. python experiments/bench_split_decode.py fused split   # on the H100"""
 
@@ -23,6 +26,7 @@ import jax
 
 from jlora import Engine, EngineConfig, SamplingParams
 from jlora.bench.decode_timing import median_decode_step_ms
+from jlora.config import GRAPH_SCHEDULING
 from jlora.kernels import tuned_blocks
 
 ADAPTERS = ("a0", "a1", "a2")
@@ -45,6 +49,26 @@ def split_table(
     return out
 
 
+def lite_table(table: dict, max_bucket: int = 64) -> dict:
+    """The table with its T <= ``max_bucket`` entries on little shared memory (see the module
+    docstring); the split counts stay as they are."""
+    return {
+        key: dataclasses.replace(blocks, block_k=256, num_stages=2)
+        if key[0] <= max_bucket
+        else blocks
+        for key, blocks in table.items()
+    }
+
+
+def variant_table(variant: str, table: dict, max_bucket: int) -> dict:
+    """The block table of a named variant (``table``, ``fused``, ``split``, ``split_mlp``, each
+    optionally ``+lite``)."""
+    form, _, lite = variant.partition("+")
+    if form != "table":
+        table = split_table(table, form == "split_mlp", max_bucket, form != "fused")
+    return lite_table(table, max_bucket) if lite else table
+
+
 def median_prefill_step_ms(engine: Engine, num_tokens: int, name: str, reps: int) -> float:
     """Median wall time (ms) of a prefill step of one ``num_tokens``-token request."""
     times = []
@@ -63,7 +87,12 @@ def median_prefill_step_ms(engine: Engine, num_tokens: int, name: str, reps: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("variants", nargs="+", choices=["table", "fused", "split", "split_mlp"])
+    forms = ("table", "fused", "split", "split_mlp")
+    p.add_argument(
+        "variants", nargs="+", choices=[f + lite for f in forms for lite in ("", "+lite")]
+    )
+    p.add_argument("--graph-scheduling", default="concurrent", choices=GRAPH_SCHEDULING)
+    p.add_argument("--rounds", type=int, default=1, help="rounds of every cell (median shown)")
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--batches", default="1,16,64,128")
     p.add_argument("--steps", type=int, default=40)
@@ -75,11 +104,7 @@ def main() -> None:
     original = dict(tuned_blocks.GPU_TUNED)
     for variant in args.variants:
         tuned_blocks.GPU_TUNED.clear()
-        table = original
-        if variant != "table":
-            mlp_only, split = variant == "split_mlp", variant != "fused"
-            table = split_table(original, mlp_only, args.max_bucket, split)
-        tuned_blocks.GPU_TUNED.update(table)
+        tuned_blocks.GPU_TUNED.update(variant_table(variant, original, args.max_bucket))
         jax.clear_caches()  # the blocks are read when a step is traced: trace again
         t0 = time.perf_counter()
         engine = Engine(
@@ -98,13 +123,24 @@ def main() -> None:
                 kv_len_buckets=(1024,),
                 max_total_tokens=max(batches) * 1024,
                 overlap_schedule=True,
+                graph_scheduling=args.graph_scheduling,
             )
         )
         print(f"[{variant}] start-up {time.perf_counter() - t0:.1f} s", flush=True)
         for b in batches:
-            lora = median_decode_step_ms(engine, [ADAPTERS[i % 3] for i in range(b)], args.steps)
-            base = median_decode_step_ms(engine, [None] * b, args.steps)
-            print(f"[{variant}] B={b:4d}: 3 adapters {lora:.2f} ms, base requests {base:.2f} ms")
+            cells = {"3 adapters": [ADAPTERS[i % 3] for i in range(b)], "base requests": [None] * b}
+            got = {k: [] for k in cells}
+            for round_ in range(args.rounds):
+                for k, names in cells.items():
+                    got[k].append(median_decode_step_ms(engine, names, args.steps, seed=round_))
+            print(
+                f"[{variant}] B={b:4d}: "
+                + ", ".join(
+                    f"{k} {statistics.median(v):.2f} ms ({' '.join(f'{x:.2f}' for x in v)})"
+                    for k, v in got.items()
+                ),
+                flush=True,
+            )
         for t in prefill_sizes:
             ms = median_prefill_step_ms(engine, t, ADAPTERS[0], reps=10)
             print(f"[{variant}] prefill of {t} tokens on an adapter: {ms:.2f} ms")

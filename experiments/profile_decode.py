@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jlora import Engine, EngineConfig, SamplingParams
+from jlora.config import GRAPH_SCHEDULING
 from jlora.runner import model_runner as mr
 from jlora.runner.attention import DecodeAttention
 from jlora.runner.sampling import SamplingInputs, sample
@@ -188,18 +189,25 @@ def _measure(
 
     inputs = (tokens, positions, att, lb)
     static = {"cfg": r.cfg, "lora_backend": "xla" if lora is None else lora_backend, "mesh": r.mesh}
+    # The step compiled as the engine's runner compiles it (its CUDA-graph scheduling mode).
+    model_step = jax.jit(
+        mr.model_step,
+        static_argnames=tuple(static),
+        donate_argnames=("kv",),
+        compiler_options=mr.graph_compiler_options(engine.config.graph_scheduling) or None,
+    )
 
     def step():
-        out, _, r.kv = mr.model_step(r.params, lora, r.kv, *inputs, **static)
+        out, _, r.kv = model_step(r.params, lora, r.kv, *inputs, **static)
         out.block_until_ready()
 
     device_ms = _median_ms(step)
     if trace_steps:
-        hlo = mr.model_step.lower(r.params, lora, r.kv, *inputs, **static).compile().as_text()
+        hlo = model_step.lower(r.params, lora, r.kv, *inputs, **static).compile().as_text()
         _trace(step, trace_steps, f"B={b} attention={attention_backend} lora={lora_backend}", hlo)
     gb = float("nan")
     if cost:  # compiles the step again: skipped under --device-only
-        lowered = mr.model_step.lower(r.params, lora, r.kv, *inputs, **static)
+        lowered = model_step.lower(r.params, lora, r.kv, *inputs, **static)
         analysis = lowered.compile().cost_analysis()
         analysis = analysis[0] if isinstance(analysis, list) else analysis
         gb = analysis.get("bytes accessed", float("nan")) / 1e9
@@ -267,6 +275,12 @@ def main() -> None:
         "--one-cache", action="store_true", help="only the large KV cache (skip the 8-page one)"
     )
     p.add_argument("--batches", default="1,64", help="decode batch sizes, a subset of 1,64")
+    p.add_argument(
+        "--graph-scheduling",
+        default="concurrent",
+        choices=GRAPH_SCHEDULING,
+        help="the step's CUDA-graph scheduling mode (EngineConfig.graph_scheduling)",
+    )
     p.add_argument("--attention", default="xla,pallas", help="decode attention backends to time")
     p.add_argument(
         "--lora", default="xla", help="LoRA backends of the device-only step (xla, pallas, none)"
@@ -294,6 +308,7 @@ def main() -> None:
                 max_lora_rank=16,
                 max_loras_per_batch=1,
                 overlap_schedule=args.overlap,
+                graph_scheduling=args.graph_scheduling,
             )
         )
         for b in batches:

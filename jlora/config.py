@@ -18,6 +18,7 @@ LORA_BACKENDS = ("xla", "pallas")
 ATTENTION_BACKENDS = ("auto", "xla", "pallas")
 LOAD_FORMATS = ("auto", "dummy")
 DTYPES = ("bfloat16", "float32")
+GRAPH_SCHEDULING = ("concurrent", "serialize")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +55,12 @@ class EngineConfig:
     place; interpret mode on CPU), ``xla`` (reference: gathers each sequence's pages) or ``auto``
     (``pallas`` on GPU, ``xla`` elsewhere; there is no TPU kernel). With ``pallas`` and no
     ``kv_len_buckets`` the decode step has a single page-table width, the full context."""
+    graph_scheduling: str = "concurrent"
+    """GPU only: how XLA orders the kernels of a step's CUDA graph (its command-buffer scheduling
+    mode). ``concurrent``: kernels that share no buffer may run at the same time, so the LoRA
+    kernels, which read only a projection's input, overlap the base projection's matmul;
+    ``serialize`` (XLA's default): one kernel after another. The outputs are the same either way.
+    Ignored on CPU and TPU."""
     lora_eviction_policy: str = "lru"
     """Which adapter leaves a device slot (or the host cache) when another needs it: ``lru`` or
     ``fifo``. An adapter with running requests never leaves its slot."""
@@ -126,6 +133,7 @@ class EngineConfig:
         _choice("dtype", self.dtype, DTYPES)
         _choice("lora_backend", self.lora_backend, LORA_BACKENDS)
         _choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        _choice("graph_scheduling", self.graph_scheduling, GRAPH_SCHEDULING)
         _positive_int("max_loras_per_batch", self.max_loras_per_batch)
         _positive_int("max_lora_rank", self.max_lora_rank)
         _positive_int("tp_size", self.tp_size)

@@ -166,6 +166,7 @@ class Engine:
                 config.lora_backend,
                 mesh,
                 attention_backend=config.resolved_attention_backend(jax.default_backend()),
+                graph_scheduling=config.graph_scheduling,
             )
             if config.warmup:
                 runner.warmup()

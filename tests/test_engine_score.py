@@ -82,6 +82,7 @@ def test_score_refusals(engine, prompts, names, needle):
         ({"max_lora_rank": -8}, "max_lora_rank=-8"),
         ({"max_loaded_loras": 1, "max_loras_per_batch": 2}, "max_loaded_loras=1"),
         ({"lora_paths": {"a": ""}}, "lora_paths\\['a'\\]=''"),
+        ({"graph_scheduling": "parallel"}, "graph_scheduling='parallel'"),
     ],
 )
 def test_config_refusals(kwargs, needle):

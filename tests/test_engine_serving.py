@@ -3,11 +3,13 @@ tokens as each request alone; nothing compiles after warm-up; refusals are clear
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
 from jlora import Engine, EngineConfig, SamplingParams
-from jlora.runner.model_runner import ModelRunner
+from jlora.config import GRAPH_SCHEDULING
+from jlora.runner.model_runner import ModelRunner, graph_compiler_options, step_functions
 
 ADAPTERS = {"a": "dummy:4", "b": "dummy:8", "c": "dummy:8", "d": "dummy:2"}
 
@@ -129,6 +131,20 @@ def test_overlap_gives_the_same_tokens_and_drops_what_follows_a_stop():
     engine.step()  # reads back (and drops) what was still in flight
     assert engine._in_flight is None
     assert engine.pages.num_free == engine.pages.capacity
+
+
+@pytest.mark.parametrize("mode", GRAPH_SCHEDULING)
+def test_graph_scheduling_is_a_valid_xla_option(monkeypatch, mode):
+    """On GPU each mode becomes an XLA compile option of the steps. XLA checks option names and
+    values on any backend, so compiling with the GPU options here catches a misspelt one."""
+    assert graph_compiler_options(mode) == {}  # CPU: nothing to set
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    options = graph_compiler_options(mode)
+    assert options == {"xla_gpu_command_buffer_scheduling_mode": mode.upper()}
+    assert int(jax.jit(lambda x: x + 1, compiler_options=options)(1)) == 2
+    # runners with the same options share one set of jitted steps (and their compilations)
+    assert step_functions(options) is step_functions(dict(options))
+    assert step_functions(options) is not step_functions({})
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["plain", "overlap"])

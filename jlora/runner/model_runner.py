@@ -109,8 +109,7 @@ def model_step(
     return per_shard(body, mesh, specs, (P(), P(), _KV_SPECS))(params, lora, kv, host)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", *_STATIC), donate_argnames=("kv",))
-def packed_step(
+def _packed_step(
     params: LlamaParams,
     lora: LoraLayers | None,
     kv: KVCache,
@@ -149,8 +148,7 @@ def _widen(tokens: jax.Array, width: int) -> jax.Array:  # [B] -> [width]
     return jnp.zeros(width, tokens.dtype).at[: tokens.shape[0]].set(tokens)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def score_step(
+def _score_step(
     params: LlamaParams,
     lora: LoraLayers | None,
     tokens: jax.Array,  # [T] int32
@@ -181,6 +179,38 @@ def score_step(
 
     specs = (param_specs(params), _lora_specs(lora, cfg)) + (P(),) * 4
     return per_shard(body, mesh, specs, P())(params, lora, tokens, positions, seq_ids, lora_batch)
+
+
+def graph_compiler_options(graph_scheduling: str) -> dict[str, str]:
+    """XLA options of the step executables for ``EngineConfig.graph_scheduling``: on GPU, the
+    command-buffer (CUDA graph) scheduling mode; nothing elsewhere."""
+    if jax.default_backend() != "gpu":
+        return {}
+    return {"xla_gpu_command_buffer_scheduling_mode": graph_scheduling.upper()}
+
+
+# The jitted step functions per set of XLA options, made once per process, so that runners with
+# the same options (tests build many) share compiled executables.
+_STEP_FUNCTIONS: dict[tuple[tuple[str, str], ...], tuple] = {}
+
+
+def step_functions(compiler_options: dict[str, str]) -> tuple:
+    """``(packed_step, score_step)`` jitted with ``compiler_options``: :func:`_packed_step` (the
+    prefill and decode step over one packed host transfer, KV cache donated) and
+    :func:`_score_step`."""
+    key = tuple(sorted(compiler_options.items()))
+    if key not in _STEP_FUNCTIONS:
+        options = dict(key) or None
+        _STEP_FUNCTIONS[key] = (
+            jax.jit(
+                _packed_step,
+                static_argnames=("spec", *_STATIC),
+                donate_argnames=("kv",),
+                compiler_options=options,
+            ),
+            jax.jit(_score_step, static_argnames=_STATIC, compiler_options=options),
+        )
+    return _STEP_FUNCTIONS[key]
 
 
 class _Launched:
@@ -218,8 +248,12 @@ class ModelRunner:
         lora_backend: str,
         mesh: Mesh | None = None,
         attention_backend: str = "xla",
+        graph_scheduling: str = "concurrent",
     ):
         self.params, self.cfg, self.slots, self.buckets = params, cfg, slots, buckets
+        self._packed_step, self._score_step = step_functions(
+            graph_compiler_options(graph_scheduling)
+        )
         self.page_size, self.lora_backend, self.mesh = page_size, lora_backend, mesh
         if attention_backend not in ("xla", "pallas"):
             raise ValueError(f"attention_backend={attention_backend!r} is not 'xla' or 'pallas'")
@@ -255,7 +289,7 @@ class ModelRunner:
         return make_lora_batch(token_slot, self.slots.slot_rank, on_device=on_device)
 
     def _packed_call(self, inputs: tuple, fed_back: jax.Array | None) -> tuple[tuple, dict]:
-        """Arguments of :func:`packed_step` over :func:`model_step`'s numpy host ``inputs``."""
+        """Arguments of :func:`_packed_step` over :func:`model_step`'s numpy host ``inputs``."""
         packed, spec = pack(inputs)
         static = dict(spec=spec, cfg=self.cfg, lora_backend=self.lora_backend, mesh=self.mesh)
         return (self.params, self._lora_layers, self.kv, packed, fed_back), static
@@ -268,7 +302,7 @@ class ModelRunner:
         (params, seed, output index) has a temperature. Returns at once: the result is a device
         array still being computed."""
         args, static = self._packed_call(inputs, fed_back)
-        tokens, row_logits, self.kv = packed_step(*args, **static)
+        tokens, row_logits, self.kv = self._packed_step(*args, **static)
         if any(params.temperature > 0 for params, _, _ in rows):
             sampling = SamplingInputs.build(rows, size, self.cfg.vocab_size, False)
             packed, spec = pack((sampling,))
@@ -408,7 +442,7 @@ class ModelRunner:
             off += n
         assert_same_everywhere("a score step", tokens, seq_ids, token_slot)
         out = np.asarray(
-            score_step(
+            self._score_step(
                 self.params,
                 self._lora_layers,
                 jnp.asarray(tokens),
@@ -445,7 +479,7 @@ class ModelRunner:
         e.g. to count its collectives."""
         fed_back = None if shape[0] == "prefill" else self._no_feedback
         args, static = self._packed_call(self._padding_inputs(shape), fed_back)
-        return packed_step.lower(*args, **static).compile().as_text()
+        return self._packed_step.lower(*args, **static).compile().as_text()
 
     def _padding_inputs(self, shape: tuple) -> tuple:
         """All-padding host inputs of a bucket's step (they write only the trash page)."""
@@ -477,5 +511,10 @@ class ModelRunner:
     @staticmethod
     def compiled_count() -> int:
         """Compiled executables of the step functions, summed (tests check it stays flat)."""
-        steps = (packed_step, model_step, score_step, sample_step, _widen)
+        steps = (
+            model_step,
+            sample_step,
+            _widen,
+            *(f for fs in _STEP_FUNCTIONS.values() for f in fs),
+        )
         return sum(f._cache_size() for f in steps)
