@@ -5,7 +5,8 @@ own pages in place), the sampler alone, and XLA's own estimate of the bytes the 
 
 ``--host-trace``: a trace of a few ``Engine.step`` calls, the host's events by total time (the
 jitted step's dispatch, PJRT's execute, thunks run on the host), for where the host waits.
-``--overlap``: the engine with ``overlap_schedule=True``.
+``--overlap``: the engine with ``overlap_schedule=True``. ``--adapter-tokens``: the device-only
+steps with LoRA ops route their tokens over three rank-16 adapters (else no token has one).
 
 ``--trace``: a device trace of a few device-only steps (``jax.profiler``), read back in-process
 (``jax.profiler.ProfileData``): the GPU's busy time per step against the step's wall time (the
@@ -37,6 +38,8 @@ from jlora.config import GRAPH_SCHEDULING
 from jlora.runner import model_runner as mr
 from jlora.runner.attention import DecodeAttention
 from jlora.runner.sampling import SamplingInputs, sample
+
+ADAPTERS = ("a0", "a1", "a2")
 
 
 def _median_ms(fn, reps: int = 20) -> float:
@@ -167,6 +170,7 @@ def _measure(
     trace_steps: int = 0,
     cost: bool = True,
     lora_backend: str = "xla",
+    adapter_tokens: bool = False,
 ) -> float:
     """Device-only step time; ``lora_backend="none"`` runs the step with no LoRA at all."""
     r = engine.runner
@@ -185,7 +189,13 @@ def _measure(
     if lora_backend == "none":  # the bare model: no LoRA ops in the step at all
         lora, lb = None, None
     else:  # the slots' LoRA ops run, but no token has an adapter (a base-model batch)
-        lora, lb = r.slots.layers, r._lora_batch(np.full(b, -1))
+        slots = np.full(b, -1)
+        if adapter_tokens:  # the three adapters in their slots, tokens grouped by slot
+            for slot, name in enumerate(ADAPTERS):
+                if r.slots.occupant[slot] != name:
+                    r.load_lora(slot, engine.adapters.get(name))
+            slots = np.sort(np.arange(b) % len(ADAPTERS))
+        lora, lb = r.slots.layers, r._lora_batch(slots)
 
     inputs = (tokens, positions, att, lb)
     static = {"cfg": r.cfg, "lora_backend": "xla" if lora is None else lora_backend, "mesh": r.mesh}
@@ -211,9 +221,10 @@ def _measure(
         analysis = lowered.compile().cost_analysis()
         analysis = analysis[0] if isinstance(analysis, list) else analysis
         gb = analysis.get("bytes accessed", float("nan")) / 1e9
+    routed = " (adapter tokens)" if adapter_tokens and lora is not None else ""
     print(
         f"kv cache {kv_gb:5.1f} GB  B={b:3d}  attention={attention_backend:6s} "
-        f"lora={lora_backend:6s}: device-only step "
+        f"lora={lora_backend:6s}{routed}: device-only step "
         f"{device_ms:6.2f} ms, XLA bytes accessed {gb:6.1f} GB"
     )
     return device_ms
@@ -269,6 +280,11 @@ def main() -> None:
     p.add_argument("--host-trace", action="store_true", help="host events of 5 engine steps")
     p.add_argument("--overlap", action="store_true", help="the engine with overlap_schedule")
     p.add_argument(
+        "--adapter-tokens",
+        action="store_true",
+        help="device-only LoRA steps with every token on one of three adapters",
+    )
+    p.add_argument(
         "--trace", type=int, default=0, help="trace this many device-only steps (0: no trace)"
     )
     p.add_argument(
@@ -304,9 +320,9 @@ def main() -> None:
                 kv_len_buckets=(args.context,),
                 max_total_tokens=total_tokens,
                 warmup=False,
-                lora_paths={"a": "dummy:16"},
+                lora_paths={name: "dummy:16" for name in ADAPTERS},
                 max_lora_rank=16,
-                max_loras_per_batch=1,
+                max_loras_per_batch=len(ADAPTERS),
                 overlap_schedule=args.overlap,
                 graph_scheduling=args.graph_scheduling,
             )
@@ -317,7 +333,16 @@ def main() -> None:
                     for lora_backend in args.lora.split(","):
                         trace = args.trace * (backend == "pallas")
                         cost = not args.device_only
-                        _measure(engine, b, args.context, backend, trace, cost, lora_backend)
+                        _measure(
+                            engine,
+                            b,
+                            args.context,
+                            backend,
+                            trace,
+                            cost,
+                            lora_backend,
+                            args.adapter_tokens,
+                        )
                 if not args.device_only:
                     _measure_engine_step(engine, b, args.host_profile, args.host_trace)
         del engine
