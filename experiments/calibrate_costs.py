@@ -64,6 +64,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny", choices=sorted(SETUPS))
     p.add_argument("--dtype")
     p.add_argument("--lora-backend", default="xla")
+    p.add_argument(
+        "--graph-scheduling",
+        default="concurrent",
+        help="EngineConfig.graph_scheduling (GPU); the H100 cost model shipped on 2026-11-24 was "
+        "calibrated under serialize, XLA's default before the option existed",
+    )
     p.add_argument("--ranks", type=int, nargs="+", help="ranks of the registered dummy adapters")
     p.add_argument("--slots", type=int, help="max_loras_per_batch")
     p.add_argument("--max-lora-rank", type=int)
@@ -110,6 +116,7 @@ def engine_config(args, s: dict):
         max_loras_per_batch=s["slots"],
         max_lora_rank=s["max_lora_rank"],
         lora_backend=args.lora_backend,
+        graph_scheduling=args.graph_scheduling,
         context_length=s["context"],
         max_running_requests=s["max_running"],
         max_prefill_tokens=s["max_prefill_tokens"],

@@ -33,7 +33,15 @@ from jlora.runner.base import DecodeSeq, PrefillSeq
 from jlora.runner.buckets import ShapeBuckets
 from jlora.sampling import SamplingParams
 from jlora.scheduler.scheduler import Scheduler
-from jlora.sim import AdapterStub, CostModel, SimRunner, default_cost_model_path, make_sim_engine
+from jlora.sim import (
+    AdapterStub,
+    CostModel,
+    SimRunner,
+    calibrated_setting,
+    default_cost_model_path,
+    load_cost_model,
+    make_sim_engine,
+)
 from jlora.sim.adapters import peft_rank, stub_loader
 from jlora.sim.calibrate import Design, calibrate
 from jlora.sim.cost_model import FEATURES, StepLayout, fit_nonneg
@@ -265,3 +273,19 @@ def test_the_simulator_says_it_does_not_model_overlap():
         engine = make_sim_engine(_config(overlap_schedule=True))
     assert any("overlap_schedule=True is not modelled" in str(w.message) for w in seen)
     assert not engine._overlap  # the plain loop, as its cost model was calibrated
+
+
+def test_a_gpu_cost_model_names_its_graph_scheduling():
+    """The shipped H100 cost model was measured before ``graph_scheduling`` existed, under XLA's
+    default (``serialize``): a simulated engine set otherwise is told, and a setting built from
+    the cost model runs that mode. A CPU cost model has no such mode."""
+    h100 = default_cost_model_path("llama-3.1-8b")
+    for mode, warned in (("concurrent", True), ("serialize", False)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            cost = load_cost_model(_config(graph_scheduling=mode), h100)
+        text = " ".join(str(w.message) for w in seen)
+        assert ("graph_scheduling='concurrent' (calibrated: 'serialize')" in text) == warned
+    assert calibrated_setting(cost)["graph_scheduling"] == "serialize"
+    cpu = CostModel.load_file(default_cost_model_path("tiny"))
+    assert "graph_scheduling" not in calibrated_setting(cpu)

@@ -96,7 +96,20 @@ def calibrated_setting(cost: CostModel) -> dict:
             out[field] = tuple(cal[key])
     if "kv_pages_buckets" in cal and "page_size" in cal:
         out["kv_len_buckets"] = tuple(p * cal["page_size"] for p in cal["kv_pages_buckets"])
+    scheduling = calibrated_graph_scheduling(cost)
+    if scheduling is not None:
+        out["graph_scheduling"] = scheduling
     return out
+
+
+def calibrated_graph_scheduling(cost: CostModel) -> str | None:
+    """The CUDA-graph scheduling mode of a GPU cost model's engine: as recorded, else
+    ``serialize`` (XLA's default, which every engine ran before ``graph_scheduling`` existed).
+    None for a CPU cost model, where the mode does not apply."""
+    cal = cost.info.get("calibrated_with") or {}
+    if "graph_scheduling" in cal:
+        return cal["graph_scheduling"]
+    return None if cost.info.get("device") == "cpu" else "serialize"
 
 
 def slot_bytes(config: EngineConfig, model: ModelConfig) -> int:
@@ -148,6 +161,9 @@ def _warn_if_other_setting(config: EngineConfig, cost: CostModel, path) -> None:
         for k in ("dtype", "lora_backend", "max_loras_per_batch", "max_lora_rank")
         if k in cal and getattr(config, k) != cal[k]
     ]
+    scheduling = calibrated_graph_scheduling(cost)
+    if scheduling is not None and config.graph_scheduling != scheduling:
+        differ.append(f"graph_scheduling={config.graph_scheduling!r} (calibrated: {scheduling!r})")
     model = cost.info.get("model")
     if model is not None and model != config.model:
         differ.insert(0, f"model={config.model!r} (calibrated: {model!r})")

@@ -427,6 +427,7 @@ def calibrate(
         "calibrated_with": {
             "dtype": cfg.dtype,
             "lora_backend": cfg.lora_backend,
+            "graph_scheduling": cfg.graph_scheduling,
             "max_loras_per_batch": cfg.max_loras_per_batch,
             "max_lora_rank": cfg.max_lora_rank,
             "page_size": cfg.page_size,
