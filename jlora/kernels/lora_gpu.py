@@ -34,8 +34,9 @@ an adapter cost one zero store.
 **Split launch (``split_k > 0``).** A shrink launch splits d_in ``split_k`` ways and writes float32
 partial sums ``[split_k, T, M, R']``; an expand launch sums them. Its kernels are faster where d_in
 is long and T small (down_proj at T=64: 8 us against 22 us on the H100), but it costs a second
-launch, and on the H100 here a decode step is bound by the host's ~15-18 us per launch, so the
-tuned table (:mod:`jlora.kernels.tuned_blocks`) keeps one launch everywhere.
+launch. Inside the engine's step (one CUDA graph) that second launch pays off for the MLP groups
+at decode sizes, not for q|k|v and o, and the tuned table (:mod:`jlora.kernels.tuned_blocks`)
+chooses accordingly.
 
 **Why the Triton lowering.** The kernel is a pile of small, masked, data-dependent loads (segment
 rows that start anywhere, rank rows, slot-indexed weights) around matmuls whose M is 16-32 tokens

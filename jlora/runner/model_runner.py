@@ -235,6 +235,8 @@ class ModelRunner:
 
     With a ``mesh`` (tensor parallelism) the params and slot buffers come split over it and the KV
     cache is allocated split on its KV heads; ``num_pages`` is then the pages of every shard.
+    ``graph_scheduling`` (``EngineConfig.graph_scheduling``) picks how XLA orders each step's
+    kernels in its CUDA graph on GPU (:func:`graph_compiler_options`).
     """
 
     def __init__(
