@@ -121,7 +121,7 @@ def _packed_step(
     mesh: Mesh | None = None,
 ) -> tuple[jax.Array, jax.Array, KVCache]:
     """:func:`model_step` over inputs that came from the host in one transfer (its jit is
-    inlined)."""
+    inlined). Jitted, per set of XLA options, by :func:`step_functions`."""
     host = unpack(packed, spec)
     if len(host) == 4:  # decode: no sampled-row selection
         host = (*host, None)
@@ -159,6 +159,8 @@ def _score_step(
     lora_backend: str,
     mesh: Mesh | None = None,
 ) -> jax.Array:  # [T, V] float32
+    """All-position logits of whole sequences, no KV cache (``Engine.score``). Jitted, per set
+    of XLA options, by :func:`step_functions`."""
     shard_cfg, tp_axis = _shard(cfg, mesh)
 
     def body(params, lora, tokens, positions, seq_ids, lora_batch):
