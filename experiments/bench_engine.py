@@ -47,7 +47,8 @@ def _engine_part(args) -> dict:
     weight_bytes = 2 * cfg.num_params()
     result["weight_gb"] = weight_bytes / 1e9
     result["floor_ms"] = weight_bytes / args.copy_bw / 1e-3
-    for scheduling in args.graph_scheduling.split(","):
+    schedulings = args.graph_scheduling.split(",")
+    for scheduling in schedulings:
         for backend in args.backends.split(","):
             label = _label(backend, scheduling)
             t0 = time.perf_counter()
@@ -105,13 +106,14 @@ def _engine_part(args) -> dict:
             result[label] = {
                 "startup_s": startup,
                 "num_shapes": len(engine.buckets.all_shapes()),
-                "decode_ms": {f"{b}/{int(lo)}/{int(ov)}": v for (b, lo, ov), v in rows.items()},
-                "decode_ms_rounds": {
-                    f"{b}/{int(lo)}/{int(ov)}": v for (b, lo, ov), v in rounds.items()
-                },
+                "decode_ms": {_cell(*key): v for key, v in rows.items()},
+                "decode_ms_rounds": {_cell(*key): v for key, v in rounds.items()},
                 "prefill_tok_s": prefill,
-                "outputs": _reference_outputs(engine, SamplingParams, adapters=not bare),
             }
+            if len(schedulings) > 1:  # compared between the modes in the report
+                result[label]["outputs"] = _reference_outputs(
+                    engine, SamplingParams, adapters=not bare
+                )
             del engine, overlapped, eng
             gc.collect()  # free its device buffers before the next engine allocates its own
     return result
@@ -119,6 +121,11 @@ def _engine_part(args) -> dict:
 
 def _label(backend: str, scheduling: str) -> str:
     return f"{backend}/{scheduling}"
+
+
+def _cell(batch: int, lora: bool, overlap: bool) -> str:
+    """Key of a decode cell in the results: ``batch/lora/overlap``, the flags as 0 or 1."""
+    return f"{batch}/{int(lora)}/{int(overlap)}"
 
 
 def _reference_outputs(engine, SamplingParams, adapters: bool) -> list[list[int]]:
@@ -280,14 +287,14 @@ def _write(args, ours: dict, hf: dict | None) -> str:
         ms = ours[_label(backend, scheduling)]["decode_ms"]
         bare = ours.get(_label("none", scheduling))
         for b in batches:
-            base_plain, base_over = ms[f"{b}/0/0"], ms[f"{b}/0/1"]
+            base_plain, base_over = ms[_cell(b, False, False)], ms[_cell(b, False, True)]
             cells = [backend, scheduling, str(b), f"{base_plain:.2f}", f"{base_over:.2f}"]
             cells.append(f"{base_over / ours['floor_ms']:.2f}x")
             if backend == "none":
                 cells += ["-", "-", "-"]
             else:
-                lora_plain, lora_over = ms[f"{b}/1/0"], ms[f"{b}/1/1"]
-                ref = bare["decode_ms"][f"{b}/0/1"] if bare else base_over
+                lora_plain, lora_over = ms[_cell(b, True, False)], ms[_cell(b, True, True)]
+                ref = bare["decode_ms"][_cell(b, False, True)] if bare else base_over
                 cells += [
                     f"{lora_plain:.2f}",
                     f"{lora_over:.2f}",
@@ -309,8 +316,8 @@ def _write(args, ours: dict, hf: dict | None) -> str:
             got = ours[_label(backend, scheduling)]["decode_ms_rounds"]
             for b in batches:
                 cells = [backend, scheduling, str(b)]
-                for lora in (0, 1):
-                    v = got.get(f"{b}/{lora}/1")
+                for lora in (False, True):
+                    v = got.get(_cell(b, lora, True))
                     cells.append("-" if v is None else ", ".join(f"{x:.2f}" for x in v))
                 lines.append("| " + " | ".join(cells) + " |")
     lines.append("")

@@ -230,7 +230,7 @@ def _measure(
     return device_ms
 
 
-def _host_events(step, steps: int, top: int = 30) -> None:
+def host_events(step, steps: int, top: int = 30) -> None:
     """Trace ``steps`` calls of ``step``; print the host's events by total time per call."""
     _, data = _profile(step, steps)
     total: dict[str, float] = collections.defaultdict(float)
@@ -264,7 +264,7 @@ def _measure_engine_step(
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
     if host_trace:
-        _host_events(engine.step, 5)
+        host_events(engine.step, 5)
     for x in rids:
         engine.abort(x)
     print(

@@ -18,7 +18,7 @@ import time
 
 import jax
 import numpy as np
-from profile_decode import _host_events
+from profile_decode import host_events
 
 from jlora import Engine, EngineConfig, SamplingParams
 from jlora.config import GRAPH_SCHEDULING
@@ -101,7 +101,7 @@ def main() -> None:
             engine.step()
         for _ in range(5):
             engine.step()
-        _host_events(engine.step, 10, top=20)
+        host_events(engine.step, 10, top=20)
 
 
 if __name__ == "__main__":
