@@ -356,6 +356,14 @@ def main() -> None:
     parser.add_argument("--hf-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help="markdown results file")
     args = parser.parse_args()
+    batches = [int(x) for x in args.batches.split(",")]
+    if args.prefill_tokens // 512 > max(batches):
+        # the prefill timing fills a step with 512-token prompts, and max(batches) is the
+        # engine's max_running_requests
+        parser.error(
+            f"--prefill-tokens {args.prefill_tokens} needs {args.prefill_tokens // 512} "
+            f"requests running at once, more than the largest of --batches {args.batches}"
+        )
     if args.hf_only:
         print("HF_RESULT " + json.dumps(_hf_part(args)))
         return
