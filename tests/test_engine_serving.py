@@ -47,11 +47,18 @@ def greedy_alone(engine: Engine, prompt, name, n) -> list[int]:
     return tokens[len(prompt) :]
 
 
-@pytest.mark.parametrize("overlap", [False, True], ids=["plain", "overlap"])
-def test_continuous_batching_equals_each_request_alone(oracle, overlap):
+@pytest.mark.parametrize(
+    "overlap, staged",
+    [(False, True), (True, True), (True, False)],
+    ids=["plain", "overlap", "overlap-unstaged"],
+)
+def test_continuous_batching_equals_each_request_alone(oracle, overlap, staged):
     # 24 pages of 4 tokens: seven requests of up to 46 tokens cannot all stay resident,
     # so decode must preempt; prompts longer than 24 tokens are chunked; 4 adapters share 2 slots.
-    engine = Engine(_config(max_total_tokens=4 * 24, overlap_schedule=overlap))
+    # staged: the steps read their host inputs from the runner's staging buffer, else straight
+    # from each step's transfer (EngineConfig.stage_host_inputs).
+    config = _config(max_total_tokens=4 * 24, overlap_schedule=overlap, stage_host_inputs=staged)
+    engine = Engine(config)
     rng = np.random.default_rng(1)
     specs = [
         (rng.integers(3, 256, n).tolist(), name, m)

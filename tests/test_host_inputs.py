@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jlora.runner.host_inputs import pack, unpack
+from jlora.runner.host_inputs import pack, stage, unpack
 from jlora.runner.sampling import SamplingInputs
 
 
@@ -32,3 +32,20 @@ def test_pack_roundtrip_under_jit():
 def test_pack_refuses_other_widths():
     with pytest.raises(ValueError, match="float64"):
         pack((np.zeros(3, np.float64),))
+
+
+def test_stage_writes_in_place_at_one_address():
+    """The staging buffer is updated in place: the step that reads it finds it at the same
+    address every time (what keeps the step's CUDA graph from being rewritten on GPU)."""
+    staging = jax.numpy.full(12, -7, jax.numpy.int32)
+    address = staging.unsafe_buffer_pointer()
+    for n in (5, 3, 5):
+        packed = np.arange(n, dtype=np.int32) + 10 * n
+        fed_back = np.array([-1, -2], np.int32) * n
+        staging = stage(staging, packed, fed_back)
+        assert staging.unsafe_buffer_pointer() == address
+        # read through a copy: a numpy view of the buffer would keep it from being donated
+        got = np.asarray(staging + 0)
+        np.testing.assert_array_equal(got[:n], packed)
+        np.testing.assert_array_equal(got[n : n + 2], fed_back)
+    assert got[7:].tolist() == [-7] * 5  # never written

@@ -277,17 +277,21 @@ def test_the_simulator_says_it_does_not_model_overlap():
     assert not engine._overlap  # the plain loop, as its cost model was calibrated
 
 
-def test_a_gpu_cost_model_names_its_graph_scheduling():
-    """The shipped H100 cost model was measured before ``graph_scheduling`` existed, under XLA's
-    default (``serialize``): a simulated engine set otherwise is told, and a setting built from
-    the cost model runs that mode. A CPU cost model has no such mode."""
+def test_a_gpu_cost_model_names_its_step_settings():
+    """The shipped H100 cost model was measured before ``graph_scheduling`` and
+    ``stage_host_inputs`` existed, under XLA's default (``serialize``) and without staging: a
+    simulated engine set otherwise is told, and a setting built from the cost model runs as it
+    was calibrated. A CPU cost model that does not record them has no such settings."""
     h100 = default_cost_model_path("llama-3.1-8b")
-    for mode, warned in (("concurrent", True), ("serialize", False)):
+    for mode, staged, warned in (("concurrent", True, True), ("serialize", False, False)):
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
-            cost = load_cost_model(_config(graph_scheduling=mode), h100)
+            config = _config(graph_scheduling=mode, stage_host_inputs=staged)
+            cost = load_cost_model(config, h100)
         text = " ".join(str(w.message) for w in seen)
         assert ("graph_scheduling='concurrent' (calibrated: 'serialize')" in text) == warned
-    assert calibrated_setting(cost)["graph_scheduling"] == "serialize"
+        assert ("stage_host_inputs=True (calibrated: False)" in text) == warned
+    setting = calibrated_setting(cost)
+    assert setting["graph_scheduling"] == "serialize" and setting["stage_host_inputs"] is False
     cpu = CostModel.load_file(default_cost_model_path("tiny"))
-    assert "graph_scheduling" not in calibrated_setting(cpu)
+    assert not {"graph_scheduling", "stage_host_inputs"} & set(calibrated_setting(cpu))

@@ -27,7 +27,7 @@ from jlora.kernels.types import NO_SLOT, LoraBatch, make_lora_batch
 from jlora.runner.attention import DecodeAttention, PrefillAttention
 from jlora.runner.base import FED_BACK, DecodeSeq, LaunchedDecode, PrefillSeq
 from jlora.runner.buckets import ShapeBuckets
-from jlora.runner.host_inputs import PackSpec, pack, unpack
+from jlora.runner.host_inputs import PackSpec, pack, stage, unpack
 from jlora.runner.kv_cache import (
     TRASH_PAGE,
     KVCache,
@@ -113,18 +113,23 @@ def _packed_step(
     params: LlamaParams,
     lora: LoraLayers | None,
     kv: KVCache,
-    packed: jax.Array,  # [N] int32: model_step's host inputs (see jlora.runner.host_inputs)
-    fed_back: jax.Array | None,  # [Bmax] int32 (decode), None (prefill)
+    packed: jax.Array,  # [N] int32: model_step's host inputs (jlora.runner.host_inputs), or
+    # [S] int32: the staging buffer, holding them at 0 and the fed-back tokens after them
+    fed_back: jax.Array | None,  # [Bmax] int32 (decode, unstaged), None (prefill, or staged)
     spec: PackSpec,
+    staged_fed_back: int,  # staged decode: how many fed-back tokens follow the inputs; else 0
     cfg: ModelConfig,
     lora_backend: str,
     mesh: Mesh | None = None,
 ) -> tuple[jax.Array, jax.Array, KVCache]:
-    """:func:`model_step` over inputs that came from the host in one transfer (its jit is
-    inlined). Jitted, per set of XLA options, by :func:`step_functions`."""
+    """:func:`model_step` over inputs that came from the host in one transfer, read from that
+    buffer or from the runner's staging buffer (model_step's jit is inlined). Jitted, per set of
+    XLA options, by :func:`step_functions`."""
     host = unpack(packed, spec)
     if len(host) == 4:  # decode: no sampled-row selection
         host = (*host, None)
+        if staged_fed_back:
+            fed_back = packed[spec.size : spec.size + staged_fed_back]
     return model_step(
         params, lora, kv, *host, fed_back, cfg=cfg, lora_backend=lora_backend, mesh=mesh
     )
@@ -206,7 +211,7 @@ def step_functions(compiler_options: dict[str, str]) -> tuple:
         _STEP_FUNCTIONS[key] = (
             jax.jit(
                 _packed_step,
-                static_argnames=("spec", *_STATIC),
+                static_argnames=("spec", "staged_fed_back", *_STATIC),
                 donate_argnames=("kv",),
                 compiler_options=options,
             ),
@@ -238,7 +243,9 @@ class ModelRunner:
     With a ``mesh`` (tensor parallelism) the params and slot buffers come split over it and the KV
     cache is allocated split on its KV heads; ``num_pages`` is then the pages of every shard.
     ``graph_scheduling`` (``EngineConfig.graph_scheduling``) picks how XLA orders each step's
-    kernels in its CUDA graph on GPU (:func:`graph_compiler_options`).
+    kernels in its CUDA graph on GPU (:func:`graph_compiler_options`). ``stage_host_inputs``
+    (``EngineConfig.stage_host_inputs``): the steps read their host inputs from one persistent
+    staging buffer (:mod:`~jlora.runner.host_inputs`).
     """
 
     def __init__(
@@ -253,6 +260,7 @@ class ModelRunner:
         mesh: Mesh | None = None,
         attention_backend: str = "xla",
         graph_scheduling: str = "concurrent",
+        stage_host_inputs: bool = True,
     ):
         self.params, self.cfg, self.slots, self.buckets = params, cfg, slots, buckets
         self._packed_step, self._score_step = step_functions(
@@ -275,6 +283,18 @@ class ModelRunner:
                 out_shardings=NamedSharding(mesh, KV_SHARDING),
             )
             self.kv = allocate(cfg, num_pages, page_size, params.embed.dtype)
+        # With stage_host_inputs, every step's host inputs are copied into this one buffer, which
+        # the step reads (jlora.runner.host_inputs): room for the largest bucket's inputs and the
+        # fed-back tokens.
+        self._staging = None
+        if stage_host_inputs:
+            largest = max(pack(self._padding_inputs(s))[1].size for s in buckets.all_shapes())
+            staging = np.zeros(largest + buckets.decode_batch[-1], np.int32)
+            self._staging = (
+                jnp.asarray(staging)
+                if mesh is None
+                else jax.device_put(staging, NamedSharding(mesh, P()))
+            )
 
     # ------------------------------------------------------------------ adapters
     def load_lora(self, slot: int, adapter: LoraAdapter | None) -> None:
@@ -293,10 +313,19 @@ class ModelRunner:
         return make_lora_batch(token_slot, self.slots.slot_rank, on_device=on_device)
 
     def _packed_call(self, inputs: tuple, fed_back: jax.Array | None) -> tuple[tuple, dict]:
-        """Arguments of :func:`_packed_step` over :func:`model_step`'s numpy host ``inputs``."""
+        """Arguments of :func:`_packed_step` over :func:`model_step`'s numpy host ``inputs`` (and
+        ``fed_back``, decode), copied into the staging buffer first when there is one."""
         packed, spec = pack(inputs)
         static = dict(spec=spec, cfg=self.cfg, lora_backend=self.lora_backend, mesh=self.mesh)
-        return (self.params, self._lora_layers, self.kv, packed, fed_back), static
+        if self._staging is None:
+            return (self.params, self._lora_layers, self.kv, packed, fed_back), dict(
+                static, staged_fed_back=0
+            )
+        feedback = self._no_feedback if fed_back is None else fed_back
+        self._staging = stage(self._staging, packed, feedback)
+        width = 0 if fed_back is None else feedback.shape[0]
+        args = (self.params, self._lora_layers, self.kv, self._staging, None)
+        return args, dict(static, staged_fed_back=width)
 
     def _run(
         self, inputs: tuple, rows: list[tuple], size: int, fed_back: jax.Array | None = None
@@ -519,6 +548,7 @@ class ModelRunner:
             model_step,
             sample_step,
             _widen,
+            stage,
             *(f for fs in _STEP_FUNCTIONS.values() for f in fs),
         )
         return sum(f._cache_size() for f in steps)

@@ -96,20 +96,33 @@ def calibrated_setting(cost: CostModel) -> dict:
             out[field] = tuple(cal[key])
     if "kv_pages_buckets" in cal and "page_size" in cal:
         out["kv_len_buckets"] = tuple(p * cal["page_size"] for p in cal["kv_pages_buckets"])
-    scheduling = calibrated_graph_scheduling(cost)
-    if scheduling is not None:
-        out["graph_scheduling"] = scheduling
+    out.update(calibrated_step_settings(cost))
     return out
 
 
-def calibrated_graph_scheduling(cost: CostModel) -> str | None:
-    """The CUDA-graph scheduling mode of a GPU cost model's engine: as recorded, else
-    ``serialize`` (XLA's default, which every engine ran before ``graph_scheduling`` existed).
-    None for a CPU cost model, where the mode does not apply."""
+# Engine settings that change a GPU step's time, and what every engine ran with before each
+# existed (a cost model calibrated then does not record it).
+_STEP_SETTINGS_BEFORE = {"graph_scheduling": "serialize", "stage_host_inputs": False}
+
+
+def calibrated_step_settings(cost: CostModel) -> dict:
+    """The settings of :data:`_STEP_SETTINGS_BEFORE` that a cost model's engine ran with: as
+    recorded, else (a GPU model that predates the setting) the setting before it existed. A CPU
+    model gives only what it recorded."""
     cal = cost.info.get("calibrated_with") or {}
-    if "graph_scheduling" in cal:
-        return cal["graph_scheduling"]
-    return None if cost.info.get("device") == "cpu" else "serialize"
+    gpu = cost.info.get("device") != "cpu"
+    return {
+        key: cal.get(key, before)
+        for key, before in _STEP_SETTINGS_BEFORE.items()
+        if key in cal or gpu
+    }
+
+
+def calibrated_graph_scheduling(cost: CostModel) -> str | None:
+    """The CUDA-graph scheduling mode of a cost model's engine (:func:`calibrated_step_settings`):
+    for a GPU model that predates the setting, ``serialize`` (XLA's default). None for a CPU
+    model that does not record it."""
+    return calibrated_step_settings(cost).get("graph_scheduling")
 
 
 def slot_bytes(config: EngineConfig, model: ModelConfig) -> int:
@@ -161,9 +174,9 @@ def _warn_if_other_setting(config: EngineConfig, cost: CostModel, path) -> None:
         for k in ("dtype", "lora_backend", "max_loras_per_batch", "max_lora_rank")
         if k in cal and getattr(config, k) != cal[k]
     ]
-    scheduling = calibrated_graph_scheduling(cost)
-    if scheduling is not None and config.graph_scheduling != scheduling:
-        differ.append(f"graph_scheduling={config.graph_scheduling!r} (calibrated: {scheduling!r})")
+    for key, calibrated in calibrated_step_settings(cost).items():
+        if getattr(config, key) != calibrated:
+            differ.append(f"{key}={getattr(config, key)!r} (calibrated: {calibrated!r})")
     model = cost.info.get("model")
     if model is not None and model != config.model:
         differ.insert(0, f"model={config.model!r} (calibrated: {model!r})")
