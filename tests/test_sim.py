@@ -96,20 +96,24 @@ def test_simulator_matches_the_real_engine_on_cpu():
         # Five repetitions a step: with three, one noisy repetition now and then set a cell's median
         # and the simulation ran 15-17% slow (seen once in five CI runs).
         cost = calibrate(engine, Design(reps=5, warm=1), timer=clock.now, log=lambda m: None)
-        reals = [run_workload(Engine(config, clock=CpuClock()), work, progress=False)]
-        reals.append(run_workload(Engine(config, clock=CpuClock()), work, progress=False))
+        reals = [
+            run_workload(Engine(config, clock=CpuClock()), work, progress=False) for _ in range(3)
+        ]
     finally:
         gc.enable()
     sim = run_workload(make_sim_engine(config, cost=cost), work, progress=False)
     for real in reals:
         assert _schedule(real) == _schedule(sim)  # the same engine: the same steps
-    # The same steps twice: other work on the machine can only have added time, so the faster
-    # run is the better measure of the engine's own.
-    real = min(reals, key=lambda r: r.duration)
-    rows = compare(real, sim)
-    print("\n" + format_comparison(rows))
+    # The same steps three times: other work on the machine can only have added time, so each
+    # latency's smallest value over the runs is the best measure of the engine's own. (With the
+    # fastest run's values instead, a slow start of that run under the full suite once put its
+    # median TTFT 21% above the simulation's.)
+    rows = [compare(real, sim) for real in reals]
+    print("\n" + "\n\n".join(format_comparison(r) for r in rows))
     for key in COMPARED:
-        real_ms, sim_ms, err = rows[key]
+        real_ms = min(r[key][0] for r in rows)
+        sim_ms = rows[0][key][1]
+        err = sim_ms / real_ms - 1
         assert abs(err) <= 0.15, f"{key}: real {real_ms:.1f} ms, simulated {sim_ms:.1f} ms"
 
 
