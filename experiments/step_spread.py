@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -26,8 +27,14 @@ from jlora.config import GRAPH_SCHEDULING
 ADAPTERS = ("a0", "a1", "a2")
 
 
-def step_times_ms(engine: Engine, names: list[str | None], steps: int) -> np.ndarray:
-    """Wall time of each of ``steps`` decode steps of one request per entry of ``names``."""
+def step_times_ms(
+    engine: Engine,
+    names: list[str | None],
+    steps: int,
+    before_step: Callable[[int], None] = lambda i: None,
+) -> np.ndarray:
+    """Wall time of each of ``steps`` decode steps of one request per entry of ``names``
+    (``before_step(i)`` is called untimed before the i-th)."""
     rng = np.random.default_rng(0)
     params = SamplingParams(max_new_tokens=steps + 20, ignore_eos=True)
     vocab = engine.model_config.vocab_size
@@ -37,7 +44,8 @@ def step_times_ms(engine: Engine, names: list[str | None], steps: int) -> np.nda
     for _ in range(3):
         engine.step()
     times = []
-    for _ in range(steps):
+    for i in range(steps):
+        before_step(i)
         t = time.perf_counter()
         engine.step()
         times.append(1e3 * (time.perf_counter() - t))
@@ -49,15 +57,24 @@ def step_times_ms(engine: Engine, names: list[str | None], steps: int) -> np.nda
     return np.asarray(times)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def engine_arguments(p: argparse.ArgumentParser, steps: int) -> None:
+    """The options of :func:`make_engine` and of the steps timed."""
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--lora-backend", default="pallas", help="xla, pallas, or none (LoRA off)")
     p.add_argument("--graph-scheduling", default="concurrent", choices=GRAPH_SCHEDULING)
+    p.add_argument(
+        "--stage-host-inputs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="EngineConfig.stage_host_inputs",
+    )
     p.add_argument("--batches", default="1,16,64")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--host-trace", action="store_true")
-    args = p.parse_args()
+    p.add_argument("--steps", type=int, default=steps)
+
+
+def make_engine(args: argparse.Namespace) -> tuple[Engine, tuple[int, ...]]:
+    """The engine of ``args`` (:func:`engine_arguments`), overlap scheduling on, and its
+    decode batches."""
     batches = tuple(int(b) for b in args.batches.split(","))
     bare = args.lora_backend == "none"
     engine = Engine(
@@ -70,6 +87,7 @@ def main() -> None:
             max_lora_rank=16,
             lora_backend="xla" if bare else args.lora_backend,
             graph_scheduling=args.graph_scheduling,
+            stage_host_inputs=args.stage_host_inputs,
             context_length=1024,
             max_running_requests=max(batches),
             max_prefill_tokens=2048,
@@ -82,11 +100,28 @@ def main() -> None:
     )
     print(
         f"{jax.devices()[0].device_kind}, jax {jax.__version__}, lora {args.lora_backend}, "
-        f"graph {args.graph_scheduling}, overlap scheduling"
+        f"graph {args.graph_scheduling}, stage_host_inputs {args.stage_host_inputs}, "
+        "overlap scheduling"
     )
+    return engine, batches
+
+
+def adapter_mixes(engine: Engine, batch: int) -> list[tuple[bool, list[str | None]]]:
+    """The requests' adapters of a decode batch: none, then (LoRA on) three adapters in turn."""
+    mixes = [(False, [None] * batch)]
+    if engine.config.enable_lora:
+        mixes.append((True, [ADAPTERS[i % len(ADAPTERS)] for i in range(batch)]))
+    return mixes
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    engine_arguments(p, steps=100)
+    p.add_argument("--host-trace", action="store_true")
+    args = p.parse_args()
+    engine, batches = make_engine(args)
     for b in batches:
-        for lora in (False,) if bare else (False, True):
-            names = [ADAPTERS[i % len(ADAPTERS)] if lora else None for i in range(b)]
+        for lora, names in adapter_mixes(engine, b):
             t = step_times_ms(engine, names, args.steps)
             p10, p50, p90 = np.percentile(t, [10, 50, 90])
             print(
