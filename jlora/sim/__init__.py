@@ -118,13 +118,6 @@ def calibrated_step_settings(cost: CostModel) -> dict:
     }
 
 
-def calibrated_graph_scheduling(cost: CostModel) -> str | None:
-    """The CUDA-graph scheduling mode of a cost model's engine (:func:`calibrated_step_settings`):
-    for a GPU model that predates the setting, ``serialize`` (XLA's default). None for a CPU
-    model that does not record it."""
-    return calibrated_step_settings(cost).get("graph_scheduling")
-
-
 def slot_bytes(config: EngineConfig, model: ModelConfig) -> int:
     """Bytes of the LoRA slot buffers of ``config`` (:class:`~jlora.adapters.SlotBuffers`)."""
     shapes = model.module_shapes()
