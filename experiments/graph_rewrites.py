@@ -7,7 +7,7 @@ allocations that changed and the microseconds the rewrite took. This script turn
 runs ``--steps`` decode steps of ``step_spread.py``'s engine (Llama-3.1-8B preset, dummy weights,
 three rank-16 adapters, overlap scheduling) per batch and adapter mix, reads the log of those
 steps back, and prints per step: rewrites, changed allocations, rewrite time, and step time.
-Compare ``--stage-host-inputs`` (the default) with ``--no-stage-host-inputs``
+Compare ``--stage-host-inputs`` (the default on GPU) with ``--no-stage-host-inputs``
 (``EngineConfig.stage_host_inputs``). On CPU there is no graph and nothing is logged.
 
     PYTHONPATH=. python experiments/graph_rewrites.py --lora-backend pallas --batches 16

@@ -65,8 +65,8 @@ def engine_arguments(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument(
         "--stage-host-inputs",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="EngineConfig.stage_host_inputs",
+        default=None,
+        help="EngineConfig.stage_host_inputs (default: staged on GPU)",
     )
     p.add_argument("--batches", default="1,16,64")
     p.add_argument("--steps", type=int, default=steps)

@@ -61,14 +61,15 @@ class EngineConfig:
     kernels, which read only a projection's input, overlap the base projection's matmul;
     ``serialize`` (XLA's default): one kernel after another. The outputs are the same either way.
     Ignored on CPU and TPU."""
-    stage_host_inputs: bool = True
+    stage_host_inputs: bool | None = None
     """Copy each step's host inputs into one persistent device buffer before the step, so that the
     step reads them at the same address every time (:mod:`jlora.runner.host_inputs`). On GPU, XLA
-    rewrites the nodes of a step's CUDA graph whose buffers moved since its last launch: with
-    ``False`` the layers read the step's freshly transferred buffer, and the rewrite took 1.7 ms of
-    host time a decode step of Llama-3.1-8B with three adapters on an H100 (0.15-0.3 ms with
-    ``True``), which on a busy or slow host becomes step time. The copy is one more small launch:
-    on an H100 whose host kept up, steps took 0.15 ms longer with ``True``."""
+    rewrites the nodes of a step's CUDA graph whose buffers moved since its last launch: unstaged,
+    the layers read the step's freshly transferred buffer, and the rewrite took 1.7 ms of host time
+    a decode step of Llama-3.1-8B with three adapters on an H100 (0.15-0.3 ms staged), which on a
+    busy or slow host becomes step time. The copy is one more small launch: on an H100 whose host
+    kept up, steps took 0.15 ms longer staged. ``None``: staged on GPU only (a CPU has no graph to
+    rewrite, and there the copy made step times vary more)."""
     lora_eviction_policy: str = "lru"
     """Which adapter leaves a device slot (or the host cache) when another needs it: ``lru`` or
     ``fifo``. An adapter with running requests never leaves its slot."""
@@ -199,6 +200,12 @@ class EngineConfig:
                 f"max_position_embeddings={model.max_position_embeddings}"
             )
         return self.context_length
+
+    def resolved_stage_host_inputs(self, platform: str) -> bool:
+        """Whether the steps stage their host inputs on ``platform`` (``cpu``, ``gpu``, ``tpu``)."""
+        if self.stage_host_inputs is None:
+            return platform == "gpu"
+        return self.stage_host_inputs
 
     def resolved_attention_backend(self, platform: str) -> str:
         """``xla`` or ``pallas`` on ``platform`` (``cpu``, ``gpu``, ``tpu``)."""

@@ -167,7 +167,7 @@ class Engine:
                 mesh,
                 attention_backend=config.resolved_attention_backend(jax.default_backend()),
                 graph_scheduling=config.graph_scheduling,
-                stage_host_inputs=config.stage_host_inputs,
+                stage_host_inputs=config.resolved_stage_host_inputs(jax.default_backend()),
             )
             if config.warmup:
                 runner.warmup()

@@ -167,9 +167,14 @@ def _warn_if_other_setting(config: EngineConfig, cost: CostModel, path) -> None:
         for k in ("dtype", "lora_backend", "max_loras_per_batch", "max_lora_rank")
         if k in cal and getattr(config, k) != cal[k]
     ]
+    platform = "cpu" if cost.info.get("device") == "cpu" else "gpu"
+    ours = {
+        "graph_scheduling": config.graph_scheduling,
+        "stage_host_inputs": config.resolved_stage_host_inputs(platform),
+    }
     for key, calibrated in calibrated_step_settings(cost).items():
-        if getattr(config, key) != calibrated:
-            differ.append(f"{key}={getattr(config, key)!r} (calibrated: {calibrated!r})")
+        if ours[key] != calibrated:
+            differ.append(f"{key}={ours[key]!r} (calibrated: {calibrated!r})")
     model = cost.info.get("model")
     if model is not None and model != config.model:
         differ.insert(0, f"model={config.model!r} (calibrated: {model!r})")

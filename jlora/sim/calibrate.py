@@ -428,7 +428,7 @@ def calibrate(
             "dtype": cfg.dtype,
             "lora_backend": cfg.lora_backend,
             "graph_scheduling": cfg.graph_scheduling,
-            "stage_host_inputs": cfg.stage_host_inputs,
+            "stage_host_inputs": cfg.resolved_stage_host_inputs(jax.default_backend()),
             "max_loras_per_batch": cfg.max_loras_per_batch,
             "max_lora_rank": cfg.max_lora_rank,
             "page_size": cfg.page_size,
