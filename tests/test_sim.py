@@ -100,6 +100,7 @@ def test_simulator_matches_the_real_engine_on_cpu(tmp_path):
         env=env,
         capture_output=True,
         text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
