@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,9 +46,9 @@ from jlora.sim import (
 from jlora.sim.adapters import peft_rank, stub_loader
 from jlora.sim.cost_model import FEATURES, StepLayout, fit_nonneg
 from jlora.sim.fidelity import COMPARED, format_comparison
+from tests.tp_worker import ROOT, child_env
 
 SKILLS = "jlora/assets/skills"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _config(**kw) -> EngineConfig:
@@ -92,12 +90,10 @@ def test_simulator_matches_the_real_engine_on_cpu(tmp_path):
     """Calibrated on this CPU, the simulator gives the real engine's latencies within 15%
     (measured in a process of its own: :mod:`tests.sim_fidelity_worker`)."""
     out = tmp_path / "fidelity.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
         [sys.executable, "-m", "tests.sim_fidelity_worker", str(out)],
         cwd=ROOT,
-        env=env,
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=600,

@@ -8,10 +8,8 @@ XLA_FLAGS must be set before JAX starts and this process runs the suite on one d
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ from jlora.distributed import distributed_env
 from jlora.tensor_parallel import check_tp, local_config
 from models.llama import fused_column_order
 from models.presets import get_preset
-from tests.tp_worker import MODEL, run_workers
+from tests.tp_worker import MODEL, ROOT, child_env, run_workers
 
 LAYERS = MODEL["num_hidden_layers"]
 
@@ -102,18 +100,12 @@ def test_two_processes_match_one(equivalence, distributed):
 # ---------------------------------------------------------------- the GPU benchmark script
 def test_benchmark_script_runs_at_tiny_scale(tmp_path):
     # experiments/tensor_parallel.py's GPU part, on the tiny preset and 2 fake CPU devices.
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    env.update(
-        PYTHONPATH=str(root),
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-    )
+    env = child_env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     args = "--parts 8b-tp2 --model tiny --num-prompts 6 --rate inf --batches 16 --steps 2"
     out = subprocess.run(
         [sys.executable, "experiments/tensor_parallel.py", *args.split()]
         + ["--json", str(tmp_path / "tp.json"), "--out", str(tmp_path / "tp.md")],
-        cwd=root,
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,

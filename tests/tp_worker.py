@@ -203,11 +203,16 @@ def distributed(out: Path) -> None:
     jax.distributed.shutdown()
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a test's child process: this one's without its JAX and XLA settings
+    (the child sets its own before JAX starts), the checkout on PYTHONPATH, and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    return {**env, "PYTHONPATH": str(ROOT), **extra}
+
+
 def run_workers(mode: str, out_dir: Path, timeout_s: float = 300) -> list[dict]:
     """Run ``mode`` in fresh processes (one for ``equivalence``, two jax.distributed processes on
     a free localhost port for ``distributed``); their JSON results, by process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    env["PYTHONPATH"] = str(ROOT)
     extra = [{}]
     if mode == "distributed":
         with socket.socket() as s:
@@ -226,7 +231,7 @@ def run_workers(mode: str, out_dir: Path, timeout_s: float = 300) -> list[dict]:
         subprocess.Popen(
             [sys.executable, "-m", "tests.tp_worker", mode, str(out)],
             cwd=ROOT,
-            env={**env, **e},
+            env=child_env(**e),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
