@@ -148,6 +148,7 @@ class Engine:
                 chunked_prefill_size=config.chunked_prefill_size or config.max_prefill_tokens,
                 max_prefill_seqs=self.buckets.prefill_rows,
                 base_uses_slot=config.base_model_uses_slot,
+                context_length=self.context_length,
             ),
             self.pages,
             self.adapters,
@@ -180,6 +181,7 @@ class Engine:
         # Overlap scheduling: the dispatched decode step whose tokens the host has not read yet.
         self._overlap = config.overlap_schedule and getattr(runner, "supports_overlap", False)
         self._in_flight: tuple[list[Request], LaunchedDecode] | None = None
+        self._last_resolved: float | None = None  # when the previous overlapped step's tokens came
         self.num_lookahead_steps = 0
         """Decode steps dispatched before the host had the previous step's tokens."""
         self._state: SchedulerState | None = None
@@ -297,6 +299,7 @@ class Engine:
             return self._resolve(reqs, launched)
         finished = self._resolve(reqs, launched)
         self._in_flight = None
+        self._last_resolved = None
         if not self.scheduler.has_work():
             return finished
         return finished + self._step_once()
@@ -311,6 +314,9 @@ class Engine:
         it was dispatched (a stop token in the step before, an abort) drops its token."""
         tokens = launched.tokens()
         now = self.clock.now()
+        if self._last_resolved is not None:  # back to back: one step's time between the two
+            self.scheduler.observe_step("decode", now - self._last_resolved)
+        self._last_resolved = now
         running = Status.RUNNING
         return self._append(
             [(r, t) for r, t in zip(reqs, tokens, strict=True) if r.status is running], now
@@ -324,6 +330,9 @@ class Engine:
         self._record(plan, now)
         for slot, name in plan.loads:  # also for resumed requests, which decode in a later step
             self.runner.load_lora(slot, self.adapters.get(name))
+            loaded = self.clock.now()
+            self.scheduler.observe_load(loaded - now)
+            now = loaded
         if plan.kind == "idle":
             return []
         self.num_steps += 1
@@ -340,7 +349,9 @@ class Engine:
             self._in_flight = (plan.decode, self.runner.launch_decode(seqs, None))
             return []
         tokens = self.runner.decode(seqs)
-        return self._append(zip(plan.decode, tokens, strict=True), self.clock.now())
+        end = self.clock.now()
+        self.scheduler.observe_step("decode", end - now)
+        return self._append(zip(plan.decode, tokens, strict=True), end)
 
     def _slot(self, req: Request) -> int:
         if req.lora_name is None:
