@@ -106,6 +106,9 @@ CELLS: tuple[Cell, ...] = (
         {"max_loras_per_batch": 8},
         ranks=SEED_RANKS * 5 + SEED_RANKS[:2],
     ),
+    *(  # the slot counts of the retired sweep_policies.py
+        Cell(f"slots{n}", {"request_rate": 4}, {"max_loras_per_batch": n}) for n in (2, 4)
+    ),
     Cell("burst0.25", {"request_rate": 4, "burstiness": 0.25}),
     Cell("onoff", {"request_rate": 4, "lora_on_mean_s": 10.0, "lora_off_mean_s": 20.0}),
     Cell(

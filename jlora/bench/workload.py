@@ -259,12 +259,21 @@ def _column(header: list[str], what: str, path: Path, required: bool = True) -> 
     return None
 
 
-def _seconds(text: str) -> float:
-    """Seconds as a number, or an ISO date-time (as seconds since the epoch)."""
+def _arrival_seconds(texts: list[str], path: Path) -> np.ndarray:
+    """Seconds as numbers, or ISO date-times as seconds after the earliest (computed in integer
+    nanoseconds: a float of seconds since the epoch would lose the sub-microsecond digits)."""
     try:
-        return float(text)
+        return np.array([float(t) for t in texts], np.float64)
     except ValueError:
-        return float(np.datetime64(text.strip(), "ns").astype(np.int64)) / 1e9
+        pass
+    try:
+        stamps = np.array([np.datetime64(t.strip(), "ns") for t in texts])
+    except ValueError as e:
+        raise ValueError(
+            f"dataset_path={str(path)!r}: the arrival column holds neither seconds nor ISO "
+            f"date-times ({e})"
+        ) from None
+    return (stamps - stamps.min()).astype(np.int64) / 1e9
 
 
 def read_trace(path: str | Path) -> list[TraceRow]:
@@ -281,25 +290,31 @@ def read_trace(path: str | Path) -> list[TraceRow]:
         header = [h.strip() for h in reader.fieldnames or []]
         reader.fieldnames = header
         cols = {w: _column(header, w, path, required=w != "adapter") for w in TRACE_COLUMNS}
-        rows = []
+        rows, stamps = [], []
         for line, rec in enumerate(reader, start=2):
             try:
-                arrival = _seconds(rec[cols["arrival"]])
                 ins, outs = int(rec[cols["input_len"]]), int(rec[cols["output_len"]])
             except (ValueError, TypeError) as e:
                 raise ValueError(f"dataset_path={str(path)!r} line {line}: {e}") from None
-            if ins < 0 or outs < 0 or not math.isfinite(arrival):
+            if ins < 0 or outs < 0:
                 raise ValueError(
-                    f"dataset_path={str(path)!r} line {line}: lengths must be >= 0 and the "
-                    f"arrival finite (got {ins}, {outs}, {arrival})"
+                    f"dataset_path={str(path)!r} line {line}: lengths must be >= 0 (got {ins}, "
+                    f"{outs})"
                 )
             adapter = (rec.get(cols["adapter"]) or "").strip() if cols["adapter"] else ""
-            rows.append(TraceRow(arrival, ins, outs, adapter or None))
+            stamps.append(rec[cols["arrival"]] or "")
+            rows.append(TraceRow(0.0, ins, outs, adapter or None))
     if not rows:
         raise ValueError(f"dataset_path={str(path)!r} has no rows")
-    rows.sort(key=lambda r: r.arrival)  # stable: ties keep the file's order
-    first = rows[0].arrival
-    return [TraceRow(r.arrival - first, r.input_len, r.output_len, r.adapter) for r in rows]
+    arrivals = _arrival_seconds(stamps, path)
+    if not np.isfinite(arrivals).all():
+        raise ValueError(f"dataset_path={str(path)!r}: an arrival is not finite")
+    arrivals -= arrivals.min()
+    order = np.argsort(arrivals, kind="stable")  # ties keep the file's order
+    return [
+        TraceRow(float(arrivals[i]), rows[i].input_len, rows[i].output_len, rows[i].adapter)
+        for i in order
+    ]
 
 
 def make_trace_workload(
