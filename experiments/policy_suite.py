@@ -124,6 +124,13 @@ CELLS: tuple[Cell, ...] = (
     Cell("trace", {"dataset_name": "trace", "dataset_path": str(TRACE)}),
 )
 
+METRIC_TARGETS = {  # the target of each metric that has one, for the heat map's marks
+    "p99_ttft_ms": "starved P99 TTFT",
+    "median_ttft_ms": "median TTFT",
+    "median_e2e_latency_ms": "median E2E",
+    "p99_e2e_latency_ms": "P99 E2E",
+    "output_throughput": "throughput",
+}
 METRICS = (  # (key in a run's record, label, higher is better)
     ("p99_ttft_ms", "P99 TTFT", False),
     ("median_ttft_ms", "median TTFT", False),
@@ -515,6 +522,11 @@ def summary_row(runs, cells, group, key, settings, higher) -> str:
     return "| " + " | ".join(row) + " |"
 
 
+def group_of(cell: str) -> str:
+    """The seed workload's rate for its cells, ``variants`` for the others."""
+    return next((c.group for c in CELLS if c.name == cell and c.group), "variants")
+
+
 def log_ratio(rec: dict, off: dict, key: str, higher: bool) -> float:
     """log10 of how much worse than off (positive: worse), for the heat map."""
     a, b = rec[key], off[key]
@@ -546,14 +558,15 @@ def plot_heatmap(runs, settings, cells, path: Path) -> None:
             ax = axes[i][j]
             s = setting_name(p, t)
             grid = np.full((len(cells), len(METRICS)), np.nan)
-            missed = []
+            marks = []
             for r, c in enumerate(cells):
                 per = runs.get(c, {})
                 if s in per and "off" in per:
+                    missed = {ch.target for ch in check_targets(per, s) if ch.ok is False}
                     for k, (key, _, higher) in enumerate(METRICS):
                         grid[r, k] = log_ratio(per[s], per["off"], key, higher)
-                    if not meets_all(check_targets(per, s)):
-                        missed.append(r)
+                        if METRIC_TARGETS.get(key) in missed:
+                            marks.append((k, r))
             image = ax.imshow(
                 np.clip(grid, -1, 1),
                 cmap="RdBu_r",
@@ -561,8 +574,12 @@ def plot_heatmap(runs, settings, cells, path: Path) -> None:
                 aspect="auto",
                 interpolation="nearest",
             )
-            for r in missed:
-                ax.plot(-0.85, r, marker="<", color="black", markersize=3, clip_on=False)
+            for k, r in marks:  # white on the dark cells, black on the light ones
+                dark = abs(np.nan_to_num(grid[r, k])) > 0.6
+                ax.plot(k, r, marker="x", markersize=3, color="white" if dark else "black")
+            for r in range(1, len(cells)):  # a line between groups of cells
+                if group_of(cells[r]) != group_of(cells[r - 1]):
+                    ax.axhline(r - 0.5, color="black", linewidth=0.6)
             ax.set_title(s, fontsize=9)
             ax.set_xticks(range(len(labels)))
             ax.set_xticklabels(labels if i == nr - 1 else [], rotation=60, ha="right", fontsize=7)
@@ -571,7 +588,7 @@ def plot_heatmap(runs, settings, cells, path: Path) -> None:
             ax.tick_params(length=0)
     fig.suptitle(
         "Each setting against the drainer off, per cell (rows) and metric (columns); "
-        "a black mark left of a row: some target missed",
+        "x: the cell misses that metric's target of issue #18",
         fontsize=9,
     )
     fig.tight_layout(rect=(0, 0, 0.9, 0.97))
@@ -690,7 +707,7 @@ def main() -> None:
 
     default_policies = [p for p in ("sglang", "reserve", "preempt", "fair") if p in DRAIN_POLICIES]
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
         "--policies",
@@ -706,6 +723,9 @@ def main() -> None:
     p.add_argument("--raw", help="JSON lines of the runs (default: results/policy_suite/)")
     p.add_argument("--out", help="markdown (default: results/policy_suite.md; --quick: none)")
     p.add_argument("--render-only", action="store_true", help="no run: render --raw")
+    p.add_argument(
+        "--panels", default="*", help="comma-separated globs of the settings the heat map shows"
+    )
     p.add_argument("--list-cells", action="store_true", help="print the cells and exit")
     args = p.parse_args()
 
@@ -817,7 +837,10 @@ def main() -> None:
             f"`{command}`; {meta['timing']}."
         )
         md.write_text(render(runs, raw, md, meta))
-        plot_heatmap(runs, all_settings, all_cells, md.with_name("policy_suite_heatmap.png"))
+        panels = [
+            x for x in all_settings if any(fnmatch.fnmatch(x, g) for g in args.panels.split(","))
+        ]
+        plot_heatmap(runs, panels, all_cells, md.with_name("policy_suite_heatmap.png"))
         print(f"wrote {md} and {md.with_name('policy_suite_heatmap.png')}")
 
 
