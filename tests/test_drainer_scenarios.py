@@ -16,7 +16,7 @@ import pytest
 from jlora import Engine, EngineConfig, SamplingParams
 from jlora.clock import FakeClock
 from jlora.runner.fake import FakeRunner
-from jlora.scheduler.policies import DRAIN_TOLERANCE
+from jlora.scheduler.policies import DRAIN_TOLERANCE, FCFS, FairDrainer
 from jlora.scheduler.request import Request
 
 T_PREFILL, T_DECODE = 0.01, 0.02  # every prefill step, every decode step (seconds)
@@ -272,7 +272,17 @@ def greedy_alone(engine: Engine, prompt, name, n) -> list[int]:
     return tokens[len(prompt) :]
 
 
-def test_preempt_greedy_tokens_equal_an_unpaused_run():
+def _taking(clock: FakeClock, seconds: float, step):
+    def timed(*args):
+        out = step(*args)
+        clock.advance(seconds)
+        return out
+
+    return timed
+
+
+@pytest.mark.parametrize("policy", ["preempt", "fair"])
+def test_paused_greedy_tokens_equal_an_unpaused_run(policy):
     # One slot shared by three adapters and the base model; each step takes 10 ms on a fake clock,
     # a 30 ms threshold: requests are paused and resumed again and again, and a small KV cache
     # makes some paused ones be recomputed too.
@@ -281,10 +291,14 @@ def test_preempt_greedy_tokens_equal_an_unpaused_run():
         max_loras_per_batch=1,
         base_model_uses_slot=True,
         lora_drain_wait_threshold=0.03,
-        lora_drain_policy="preempt",
+        lora_drain_policy=policy,
         max_total_tokens=4 * 16,
     )
     engine = Engine(config, clock=clock)
+    for step in ("prefill", "decode"):  # each step takes 10 ms of the fake clock
+        setattr(engine.runner, step, _taking(clock, 0.01, getattr(engine.runner, step)))
+    if policy == "fair":  # requests of ~10 tokens at 10 ms: pause those 20 ms from the end
+        engine.scheduler.policy.GRACE = 0.02
     rng = np.random.default_rng(3)
     specs = [
         (rng.integers(3, 256, int(rng.integers(2, 12))).tolist(), name, int(m))
@@ -297,13 +311,125 @@ def test_preempt_greedy_tokens_equal_an_unpaused_run():
         )
         for _ in range(i % 3):
             engine.step()
-            clock.advance(0.01)
     while engine.has_unfinished():
         engine.step()
-        clock.advance(0.01)
     reqs = [engine.requests[r] for r in rids]
-    assert sum(r.num_pauses for r in reqs) >= 10 and sum(r.num_preemptions for r in reqs) >= 3
+    pauses, preemptions = sum(r.num_pauses for r in reqs), sum(r.num_preemptions for r in reqs)
+    least_pauses, least_preemptions = {"preempt": (10, 3), "fair": (5, 1)}[policy]
+    assert pauses >= least_pauses and preemptions >= least_preemptions, (pauses, preemptions)
     oracle = Engine(_model_config(max_loras_per_batch=3))
     for req, (prompt, name, m) in zip(reqs, specs, strict=True):
         assert req.finish_reason == "length" and len(req.output) == m
         assert req.output == greedy_alone(oracle, prompt, name, m), (req.rid, name)
+
+
+# ---------------------------------------------------------------- progress (issue #19)
+def _long_prompt_engine(policy, threshold=0.01, **kw) -> tuple[Engine, FakeClock, list[int]]:
+    """Two adapters, one slot, two 20-token prompts each, prefilled in chunks of 8: the load that
+    livelocked ``preempt`` (a victim caught mid-prefill was recomputed every round)."""
+    clock = FakeClock()
+    runner = FakeRunner(clock, prefill_base=0.004, prefill_per_token=0.0, decode_base=0.004)
+    config = EngineConfig(
+        model="tiny",
+        lora_paths={"a": "dummy:4", "b": "dummy:4"},
+        max_loras_per_batch=1,
+        max_lora_rank=4,
+        context_length=64,
+        max_prefill_tokens=64,
+        chunked_prefill_size=8,
+        lora_drain_wait_threshold=threshold,
+        lora_drain_policy=policy,
+        **kw,
+    )
+    engine = Engine(config, runner=runner, clock=clock)
+    params = SamplingParams(max_new_tokens=4, ignore_eos=True)
+    rids = [engine.add_request(list(range(5, 25)), params, n) for n in ("a", "b", "a", "b")]
+    return engine, clock, rids
+
+
+def _run_counting_stalls(engine: Engine, max_steps: int) -> int:
+    """Step until done (at most ``max_steps``); the longest run of steps that gave no token."""
+    longest = stall = 0
+    for _ in range(max_steps):
+        if not engine.has_unfinished():
+            break
+        before = sum(len(r.output) for r in engine.requests.values())
+        engine.step()
+        stall = 0 if sum(len(r.output) for r in engine.requests.values()) > before else stall + 1
+        longest = max(longest, stall)
+    assert not engine.has_unfinished(), "livelock: requests left after the step budget"
+    return longest
+
+
+@pytest.mark.parametrize("policy", ["sglang", "reserve", "preempt", "fair"])
+def test_no_policy_livelocks_on_victims_caught_mid_prefill(policy):
+    engine, _, rids = _long_prompt_engine(policy)
+    _run_counting_stalls(engine, max_steps=200)
+    reqs = [engine.requests[r] for r in rids]
+    assert all(len(r.output) == 4 for r in reqs)
+    assert all(r.num_preemptions == 0 for r in reqs)  # nothing recomputed for the policy's sake
+    assert engine.scheduler.guarded_rounds == 0  # the policies make progress on their own
+
+
+class _PauseEveryone(FCFS):
+    """A policy gone wrong: it pauses every running request every round (one mid-prefill is then
+    recomputed), so on its own it never lets a chunked prompt finish."""
+
+    def pauses(self, sched, now):
+        return list(sched.running)
+
+
+def test_the_scheduler_guarantees_progress_whatever_the_policy():
+    engine, _, rids = _long_prompt_engine("sglang", threshold=0.0)
+    engine.scheduler.policy = _PauseEveryone()
+    bound = engine.scheduler.progress_bound
+    assert bound == 64 // 8 + 1
+    longest = _run_counting_stalls(engine, max_steps=2000)
+    # The guard sets the policy aside after `bound` steps without a token; then the chunked
+    # prompt in progress completes within as many steps again.
+    assert longest <= 2 * bound
+    assert engine.scheduler.guarded_rounds > 0
+    assert all(len(engine.requests[r].output) == 4 for r in rids)
+
+
+# ---------------------------------------------------------------- fair
+def _fair_round(max_new_tokens: int) -> float:
+    """One round of ``fair``'s bound (its docstring): ``max(T, R) + GRACE + step``, R the
+    residency of requests of at most ``max_new_tokens`` (the fake runner's loads take no time)."""
+    residency = max_new_tokens * T_DECODE  # at most: the mean generation time
+    return max(THRESHOLD, residency) + FairDrainer.GRACE + STEP
+
+
+@pytest.mark.parametrize("gap", [0.1, T_DECODE])
+@pytest.mark.parametrize("n", [10, 80])
+def test_fair_seats_the_cold_adapter_within_its_bound(n, gap):
+    r = run(hot_stream(n, gap) + [COLD], threshold=THRESHOLD, policy="fair")
+    cold = r.of("cold")[0]
+    assert ttft(cold) <= _fair_round(HOT_LEN) + T_PREFILL + 1e-9
+    assert all(h.num_preemptions == 0 for h in r.reqs)
+
+
+def _skewed_stream(seed: int, n: int = 200) -> list[tuple[float, str, int]]:
+    """Six adapters by a Zipf law (1.1), Poisson arrivals (25/s), lengths 1..60: the popular
+    adapters always run, so without a drainer the others wait for their streams to pause."""
+    rng = np.random.default_rng(seed)
+    times = np.cumsum(rng.exponential(1 / 25, n))
+    weights = 1 / np.arange(1, 7) ** 1.1
+    picks = rng.choice(6, n, p=weights / weights.sum())
+    lengths = rng.integers(1, 61, n)
+    return [(float(t), f"a{k}", int(m)) for t, k, m in zip(times, picks, lengths, strict=True)]
+
+
+def test_fair_lets_nobody_starve_under_random_skewed_arrivals():
+    # Six adapters, three slots: at most three lack a slot, and they get one at worst one after
+    # another through a single rotating slot, a round of the bound each.
+    worst = 4 * _fair_round(60) + T_PREFILL
+    fair_max, off_max = [], []
+    for seed in range(8):
+        work = _skewed_stream(seed)
+        r = run(work, slots=3, threshold=THRESHOLD, policy="fair")  # every request completes
+        fair_max.append(max(ttft(q) for q in r.reqs))
+        off_max.append(max(ttft(q) for q in run(work, slots=3).reqs))
+        assert fair_max[-1] <= worst + 1e-9, seed
+        assert sum(q.num_pauses for q in r.reqs) and not any(q.num_preemptions for q in r.reqs)
+    assert max(fair_max) < max(off_max) and sum(fair_max) < 0.5 * sum(off_max)

@@ -19,6 +19,7 @@ from jlora.runner.fake import FakeRunner
 from jlora.runner.kv_cache import PagePool
 from jlora.scheduler.policies import (
     FCFS,
+    FairDrainer,
     PreemptDrainer,
     ReserveDrainer,
     SGLangDrainer,
@@ -364,3 +365,51 @@ def test_engine_keeps_the_scheduler_state_of_each_decision():
     while engine.has_unfinished():
         engine.step()
     assert all(r.finish_reason == "length" for r in engine.requests.values())
+
+
+# ---------------------------------------------------------------- fair
+def _fair(slots=1):
+    drainer = FairDrainer(THRESHOLD)
+    sched = _sched(drainer, slots=slots)
+    sched.observe_step("decode", 0.01)  # 10 ms a decode step: 50 tokens make GRACE (0.5 s)
+    return drainer, sched
+
+
+def test_fair_gates_the_victim_then_pauses_it_at_the_deadline():
+    drainer, sched = _fair()
+    a = _running(sched, "a", remaining=100)
+    b = _waiting(sched, "b", since=0.0)
+    plan = sched.schedule(now=0.6)  # b is starving (TRIGGER * T = 0.5 s): a is gated
+    assert drainer.draining() == {"a": "b"} and not plan.paused and a.status == Status.RUNNING
+    assert not drainer.may_admit(sched, _request("a", 4, since=0.7), 0.7)  # arrived after
+    assert drainer.may_admit(sched, _request("a", 4, since=0.6), 0.7)  # queued at the mark
+    plan = sched.schedule(now=1.0)  # b has waited T: a's request (1 s left) is paused
+    assert plan.paused == [a] and [i.req for i in plan.prefill] == [b]
+    assert plan.loads == [(0, "b")] and a.pages  # paused, not recomputed
+
+
+def test_fair_lets_a_request_about_to_finish_finish():
+    drainer, sched = _fair()
+    a = _running(sched, "a", remaining=20)  # 0.2 s left < GRACE
+    b = _waiting(sched, "b", since=0.0)
+    plan = sched.schedule(now=1.0)
+    assert drainer.draining() == {"a": "b"} and not plan.paused and plan.decode == [a]
+    sched.finish(a)
+    plan = sched.schedule(now=1.2)  # the held slot goes to b
+    assert [i.req for i in plan.prefill] == [b]
+
+
+def test_fair_keeps_the_busy_adapters_and_waits_for_the_least_busy_one():
+    drainer, sched = _fair(slots=2)
+    busy = [_running(sched, "h", remaining=100) for _ in range(6)]
+    sched.observe_load(0.1)  # residency >= 20 loads = 2 s
+    c = _waiting(sched, "c", since=0.0, max_new=200)
+    _run_prefill(sched.schedule(now=0.0))  # c sits down at 0.0 beside the busy "h"
+    _waiting(sched, "b", since=0.0)
+    plan = sched.schedule(now=1.5)  # b starves; c is within its residency: nobody is taken
+    assert drainer.draining() == {} and not plan.paused and "h" in drainer.hot
+    residency = drainer.residency(sched)
+    assert residency >= 2.0
+    plan = sched.schedule(now=residency + 0.01)  # c is past it: c, not the busy h, gives way
+    assert drainer.draining() == {"c": "b"} and plan.paused == [c]
+    assert all(r.status == Status.RUNNING for r in busy)

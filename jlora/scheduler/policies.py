@@ -263,10 +263,6 @@ class ReserveDrainer(SGLangDrainer):
         """The wait after which an adapter without a slot is starving (the threshold)."""
         return self.threshold
 
-    def _starving_order(self, name: Adapter) -> tuple:
-        """Most starved first."""
-        return (-self.stats[name].longest_wait, _name_key(name))
-
     def before_prefill(self, sched: Scheduler, now: float) -> None:
         self.stats = adapter_stats(sched, now, include_paused=self._paused_wait)
         running = sched.running_adapters()
@@ -299,7 +295,7 @@ class ReserveDrainer(SGLangDrainer):
                 and a not in self.marks
                 and sched.uses_unit(a)
             ),
-            key=self._starving_order,
+            key=lambda a: (-self.stats[a].longest_wait, _name_key(a)),
         )
         served = set(self.marks.values())
         busy, claimed, need = set(running), set(), []
@@ -447,152 +443,97 @@ class PreemptDrainer(ReserveDrainer):
 
 
 class FairDrainer(PreemptDrainer):
-    """Fair slot scheduling: every adapter's wait for a slot bounded near the threshold, with as
-    few requests disturbed as the bound allows.
+    """Fair slot scheduling: every adapter's wait for a slot bounded near the threshold ``T``,
+    disturbing as few requests as the bound allows and never the busiest adapters.
 
-    State: the drain marks (victim -> starved adapter, with the time each was made), from the
-    scheduler the time each running adapter sat down and the measured decode-step and load times.
+    State kept: the drain marks (victim -> starved adapter) and when each was made; a running mean
+    of the requests' ``max_new_tokens``; from the scheduler, when each running adapter sat down
+    and the measured decode-step and load times.
 
-    Each round: an adapter with no slot whose oldest request (waiting or paused) has waited
-    ``TRIGGER * T`` is *starving*; most starved first, each gets a victim: a running adapter past
-    its residency (as ``preempt``'s), the one whose requests would be disturbed least (the fewest
-    running and waiting requests, then the smallest largest remaining budget). The victim is
-    **gated**: it admits only requests that were queued when it was marked, and its slot is held
-    for the starved adapter once its running requests are done. If the drain has not ended when
-    the starved adapter's wait reaches ``T``, the victim's decoding requests that would still run
-    longer than ``GRACE`` seconds (by the measured decode step) are **paused** (KV kept, resumed
-    later from their cache, as ``preempt``'s); those about to finish are left to finish. Nobody is
-    paused under overload (as ``preempt``).
+    Decided each round (host state only, O(requests)):
 
-    Bound on a wait for a slot: ``T + GRACE + step`` plus the residency left to the running
-    adapters and the prefill steps of a victim's request caught mid-prefill, under the same
-    conditions as ``preempt``'s bound. Trades: a gated victim's new requests wait for its drain
-    and then for a slot (median TTFT); a paused request stalls (E2E); each swap costs a load.
+    * **Hot** adapters are those with at least their share of the demand (running, waiting and
+      paused requests over the slots): they are never victims. Where off's median lives.
+    * An adapter with no slot whose oldest request (waiting or paused) has waited ``T / 2`` is
+      *starving*. Most starved first, as many as there are slots held by adapters that are not
+      hot and not already draining, each gets a victim: the not-hot running adapter whose pause
+      would disturb the fewest requests (its waiting ones and those with more than ``GRACE``
+      seconds left), then the smallest largest remaining budget; once it has held its slot for
+      its **residency** (below). A busier adapter is never taken instead of it: if it is within
+      its residency, nobody is.
+    * The victim is **gated**: it admits only what was queued when it was marked, and its slot is
+      held for the starved adapter. When the starved adapter's wait reaches ``T``, the victim's
+      decoding requests with more than ``GRACE`` seconds left (by the measured decode step) are
+      **paused** (KV kept, resumed from their cache: the tokens of an unpaused run); those about
+      to finish are let finish. Nobody is paused under overload (as ``preempt``); a request
+      mid-prefill is paused only once its prefill is done (as ``preempt``).
+    * The walk takes the starved adapters' requests first, in turns (each adapter's oldest, then
+      each one's second...), so one adapter's backlog does not spend the prefill budget while
+      the slots freed for the others stay empty; then paused, then waiting requests.
+
+    Residency (the quantum): the mean generation time of a request (the mean ``max_new_tokens``
+    times the measured decode step), shared among the starving adapters when they outnumber the
+    slots (times slots / starving), and at least ``SWAPS_PER_RESIDENCY`` adapter loads' time. It
+    does not depend on ``T``: a short threshold makes no pause sooner than a request can mostly
+    run, which is what kept ``preempt`` from collapsing at short thresholds.
+
+    Bound on a wait for a slot: ``max(T, R) + GRACE + step`` plus a prefill step, ``R`` what is
+    left of the victim's residency, for the first starving adapters, as many as there are
+    rotating slots; each further such batch waits one more round. Conditions as ``preempt``'s
+    (pages and ``max_running_requests`` allow; no overload). Trades: a gated victim's new
+    requests wait for its drain, then for a slot (median TTFT); a paused request stalls for a
+    round (E2E); each swap costs a load on both sides. Measured over the workload suite:
+    ``experiments/results/policy_suite.md``.
     """
 
     name = "fair"
-    TRIGGER = 0.5
-    """Fraction of the threshold at which a starving adapter's victim is gated."""
     GRACE = 0.5
-    """Seconds: a victim's request that finishes within this is never paused."""
+    """Seconds: a victim's request that would finish within this is never paused."""
 
     def __init__(self, threshold: float):
         super().__init__(threshold)
         self.marked_at: dict[Adapter, float] = {}
+        """When each victim was marked: it admits only requests queued by then."""
         self.hot: set[Adapter] = set()
+        """Running adapters with at least their share of the demand (never victims)."""
         self.mean_budget: float | None = None
-        """Running mean of the requests' ``max_new_tokens`` (the quantum's unit)."""
-        self._last_rid = -1
+        """Running mean of the requests' ``max_new_tokens`` (the residency's unit)."""
+        self._last_rid = -1  # the newest request folded into mean_budget
 
     @property
     def starved_after(self) -> float:
-        return self.TRIGGER * self.threshold
+        return self.threshold / 2
 
-    def _fair_before_prefill(self, sched: Scheduler, now: float) -> None:
-        before = dict(self.marks)
+    def before_prefill(self, sched: Scheduler, now: float) -> None:
+        before = set(self.marks)
         super().before_prefill(sched, now)
-        for victim in set(before) - set(self.marks):
-            self.marked_at.pop(victim, None)
-        for victim in set(self.marks) - set(before):
+        for victim in before - set(self.marks):
+            del self.marked_at[victim]
+        for victim in set(self.marks) - before:
             self.marked_at[victim] = now
 
-    def _victims_to_pause(self, sched: Scheduler, now: float) -> list[Request]:
-        step = sched.decode_seconds or 0.0
-        due = {
-            v
-            for v, b in self.marks.items()
-            if self._stat(b).longest_wait >= self.threshold
-            and now - self.marked_at.get(v, now) >= self.GATE
-        }
-        return [
-            r
-            for r in sched.running
-            if r.lora_name in due and not r.in_prefill and r.remaining_budget * step > self.GRACE
-        ]
+    def residency(self, sched: Scheduler) -> float:
+        quantum = 0.0
+        if self.mean_budget is not None and sched.decode_seconds:
+            quantum = self.mean_budget * sched.decode_seconds
+            if len(self.starved) > sched.adapters.num_slots:
+                quantum *= sched.adapters.num_slots / len(self.starved)
+        return max(quantum, self.SWAPS_PER_RESIDENCY * (sched.load_seconds or 0.0))
 
-    def _demand(self, sched: Scheduler) -> dict[Adapter, int]:
-        """Requests per adapter: running, waiting and paused."""
+    def _starving(self, sched: Scheduler, running: set[Adapter]) -> list[Adapter]:
+        need = super()._starving(sched, running)
         demand = {a: s.waiting for a, s in self.stats.items()}
         for r in sched.running:
             demand[r.lora_name] = demand.get(r.lora_name, 0) + 1
-        return demand
-
-    PAUSED_FIRST = False
-
-    def _note_budgets(self, queue: list[Request]) -> None:
-        """Fold the budgets of requests not seen before into ``mean_budget`` (rids only grow)."""
-        for r in queue:
-            if r.rid > self._last_rid:
-                self.mean_budget = _running_mean(self.mean_budget, r.params.max_new_tokens)
-                self._last_rid = r.rid
-
-    def order(self, queue: list[Request], now: float) -> list[Request]:
-        """The starved adapters' requests first, taken in turns (each adapter's oldest, then each
-        one's second...: one adapter's backlog cannot spend the prefill budget while the slots
-        freed for the others stay empty), then paused requests, then waiting ones, by
-        ``wait_since``."""
-        self._note_budgets(queue)
-        rank = {a: i for i, a in enumerate(self.starved)}
-        last = len(rank)
-        turn: dict[int, int] = {}
-        taken: dict[Adapter, int] = {}
-        for r in sorted(queue, key=lambda r: (r.wait_since, r.rid)):
-            if r.lora_name in rank:
-                turn[r.rid] = taken.get(r.lora_name, 0)
-                taken[r.lora_name] = turn[r.rid] + 1
-
-        def key(r: Request):
-            a = rank.get(r.lora_name, last)
-            if a < last:
-                return (0, turn[r.rid], a, r.wait_since, r.rid)
-            return (1, r.status != Status.PAUSED, r.wait_since, r.rid, 0)
-
-        return sorted(queue, key=key)
-
-    def _starving_order(self, name: Adapter) -> tuple:
-        paused = self.PAUSED_FIRST and name in self.with_paused
-        return (not paused, -self.stats[name].longest_wait, _name_key(name))
-
-    def before_prefill(self, sched: Scheduler, now: float) -> None:
-        self.with_paused = {r.lora_name for r in sched.paused}
-        self._fair_before_prefill(sched, now)
-
-    RESIDENCY_REQUESTS = 0.0
-    """A residency lasts at least this many times a running request's mean generation time."""
-
-    QUANTUM_REQUESTS = 1.25
-    ADAPTIVE = True
-    GATE = 0.0
-
-    def quantum(self, sched: Scheduler) -> float:
-        """Seconds an adapter keeps its slot before it may be a victim: ``QUANTUM_REQUESTS`` times
-        the mean generation time of the running requests, shared among the starving adapters."""
-        if self.mean_budget is None or not sched.decode_seconds:
-            return 0.0
-        quantum = self.QUANTUM_REQUESTS * self.mean_budget * sched.decode_seconds
-        if self.ADAPTIVE and len(self.starved) > sched.adapters.num_slots:
-            quantum *= sched.adapters.num_slots / len(self.starved)
-        return quantum
-
-    def residency(self, sched: Scheduler) -> float:
-        return max(self.quantum(sched), self.SWAPS_PER_RESIDENCY * (sched.load_seconds or 0.0))
-
-    def _starving(self, sched: Scheduler, running: set[Adapter]) -> list[Adapter]:
-        """As ``reserve``'s, but no more adapters at a time than there are slots held by adapters
-        that are not hot (a hot adapter has at least its share of the demand: all requests over
-        the slots): the hot ones keep their slots, the others rotate."""
-        need = super()._starving(sched, running)
-        demand = self._demand(sched)
         share = sum(demand.values()) / sched.adapters.num_slots
         self.hot = {a for a in running if demand.get(a, 0) >= share}
         rotating = sched.adapters.num_slots - len(self.hot) - len(self.marks)
         return need[: max(0, rotating)]
 
     def _victim(self, sched: Scheduler, running: set[Adapter], starved: Adapter) -> Adapter | None:
-        """The running adapter, not hot, with the least demand (then the smallest largest remaining
-        budget), once it is past its residency: a busier adapter is never taken instead of it."""
-        unpinned = ReserveDrainer._eligible(self, sched, running)
-        candidates = [a for a in unpinned if a not in self.hot]
+        candidates = [
+            a for a in ReserveDrainer._eligible(self, sched, running) if a not in self.hot
+        ]
         if not candidates:
             return None
         step = sched.decode_seconds or 0.0
@@ -600,16 +541,44 @@ class FairDrainer(PreemptDrainer):
         for r in sched.running:
             if r.lora_name in hurt and r.remaining_budget * step > self.GRACE:
                 hurt[r.lora_name] += 1
-        victim = min(
-            candidates,
-            key=lambda a: (hurt[a], self._stat(a).max_remaining, _name_key(a)),
-        )
-        return victim if victim in self._eligible(sched, running) else None
+        victim = min(candidates, key=lambda a: (hurt[a], self._stat(a).max_remaining, _name_key(a)))
+        seated = sched.seated_since.get(victim, -math.inf)
+        return victim if seated <= self.now - self.residency(sched) else None
+
+    def _victims_to_pause(self, sched: Scheduler, now: float) -> list[Request]:
+        step = sched.decode_seconds or 0.0
+        due = {v for v, b in self.marks.items() if self._stat(b).longest_wait >= self.threshold}
+        return [
+            r
+            for r in sched.running
+            if r.lora_name in due and not r.in_prefill and r.remaining_budget * step > self.GRACE
+        ]
+
+    def order(self, queue: list[Request], now: float) -> list[Request]:
+        for r in queue:  # rids only grow: fold in the budgets of requests not seen before
+            if r.rid > self._last_rid:
+                self.mean_budget = running_mean(self.mean_budget, r.params.max_new_tokens, 0.05)
+                self._last_rid = r.rid
+        rank = {a: i for i, a in enumerate(self.starved)}
+        turn: dict[int, int] = {}  # rid -> its place among its starved adapter's requests
+        taken: dict[Adapter, int] = {}
+        for r in sorted(queue, key=lambda r: (r.wait_since, r.rid)):
+            if r.lora_name in rank:
+                turn[r.rid] = taken.get(r.lora_name, 0)
+                taken[r.lora_name] = turn[r.rid] + 1
+
+        def key(r: Request) -> tuple:
+            if r.lora_name in rank:
+                return (0, turn[r.rid], rank[r.lora_name], r.wait_since, r.rid)
+            return (1, r.status != Status.PAUSED, r.wait_since, r.rid, 0)
+
+        return sorted(queue, key=key)
 
     def may_admit(self, sched: Scheduler, req: Request, now: float) -> bool:
         marked = self.marked_at.get(req.lora_name)
         return marked is None or req.wait_since <= marked
 
 
-def _running_mean(old: float | None, new: float, weight: float = 0.05) -> float:
+def running_mean(old: float | None, new: float, weight: float = 0.1) -> float:
+    """An exponential running mean (the first value taken as is)."""
     return new if old is None else old + weight * (new - old)

@@ -62,7 +62,7 @@ from typing import Protocol
 
 from jlora.adapters.pool import AdapterPool
 from jlora.runner.kv_cache import OutOfPages, PagePool
-from jlora.scheduler.policies import FCFS
+from jlora.scheduler.policies import FCFS, running_mean
 from jlora.scheduler.request import Request, Status
 
 Adapter = str | None
@@ -183,6 +183,7 @@ class Scheduler:
         self.seated_since: dict[Adapter, float] = {}
         """When each running adapter last began to run (it had no running request before): how
         long it has held its slot, for the policies' minimum residency."""
+        self._gives_token = False  # whether the last plan gives some request a token
         self.steps_without_progress = 0
         """Steps in a row that gave no request a token (idle steps not counted)."""
         self.guarded_rounds = 0
@@ -219,11 +220,11 @@ class Scheduler:
     def observe_step(self, kind: str, seconds: float) -> None:
         """The engine reports each step's duration (the policies read ``decode_seconds``)."""
         if kind == "decode":
-            self.decode_seconds = _mean(self.decode_seconds, seconds)
+            self.decode_seconds = running_mean(self.decode_seconds, seconds)
 
     def observe_load(self, seconds: float) -> None:
         """The engine reports the time its loop spent on one adapter load."""
-        self.load_seconds = _mean(self.load_seconds, seconds)
+        self.load_seconds = running_mean(self.load_seconds, seconds)
 
     # ------------------------------------------------------------------ slots
     def uses_unit(self, name: Adapter) -> bool:
@@ -311,6 +312,7 @@ class Scheduler:
                 i.req.lora_name for i in plan.prefill if i.req.lora_name is not None
             )
             self.last_plan = plan
+            self._gives_token = any(i.completes for i in plan.prefill)
             return plan
         plan.kind = "decode"
         page_size = self.pages.page_size
@@ -365,10 +367,9 @@ class Scheduler:
     def _count_progress(self) -> None:
         """Count the last plan: a decode step gives each of its requests a token, a prefill step
         each request whose prompt it completes; a prefill of chunks only gives none."""
-        last = self.last_plan
-        if last.kind == "decode" or any(i.completes for i in last.prefill):
+        if self._gives_token:
             self.steps_without_progress = 0
-        elif last.kind == "prefill":
+        elif self.last_plan.kind == "prefill":
             self.steps_without_progress += 1
 
     def _decided_decode(self, plan: StepPlan) -> StepPlan:
@@ -377,6 +378,7 @@ class Scheduler:
         names.discard(None)
         self.adapters.touch(names)
         self.last_plan = plan
+        self._gives_token = bool(plan.decode)
         return plan
 
     def _chunking(self) -> list[Request]:
@@ -584,8 +586,3 @@ class Scheduler:
                 self._by_admission.remove(req)
         self._admitted_order.pop(req.rid, None)
         req.status = Status.FINISHED
-
-
-def _mean(old: float | None, new: float, weight: float = 0.1) -> float:
-    """An exponential running mean (the first value taken as is)."""
-    return new if old is None else old + weight * (new - old)
