@@ -128,29 +128,33 @@ class AdapterStats:
 def adapter_stats(
     sched: Scheduler, now: float, include_paused: bool = False
 ) -> dict[Adapter, AdapterStats]:
-    stats: dict[Adapter, AdapterStats] = {}
+    # Once per admission round over every request: plain loops over the per-adapter minimum of
+    # wait_since and maximum of the budget left, turned into AdapterStats at the end.
+    count: dict[Adapter, int] = {}
+    since: dict[Adapter, float] = {}
     queued = sched.waiting + sched.paused if include_paused else sched.waiting
     for r in queued:
-        s = stats.setdefault(r.lora_name, AdapterStats())
-        s.waiting += 1
-        s.longest_wait = max(s.longest_wait, now - r.wait_since)
+        name, t = r.lora_name, r.wait_since
+        n = count.get(name)
+        if n is None:
+            count[name], since[name] = 1, t
+        else:
+            count[name] = n + 1
+            if t < since[name]:
+                since[name] = t
+    left: dict[Adapter, int] = {}
     for r in sched.running:
-        s = stats.setdefault(r.lora_name, AdapterStats())
-        s.max_remaining = max(s.max_remaining, r.remaining_budget)
+        name, budget = r.lora_name, r.params.max_new_tokens - len(r.output)
+        if budget > left.get(name, -1):
+            left[name] = budget
+    stats = {a: AdapterStats(n, now - since[a]) for a, n in count.items()}
+    for name, budget in left.items():
+        s = stats.get(name)
+        if s is None:
+            stats[name] = AdapterStats(max_remaining=budget)
+        else:
+            s.max_remaining = budget
     return stats
-
-
-def _overloaded(
-    sched: Scheduler, now: float, threshold: float, marks: Mapping[Adapter, Adapter]
-) -> bool:
-    """Whether a request of a running adapter (not one owing its slot) has waited past
-    ``threshold``: it waits for the batch, the pages or the prefill budget, not for a slot, so
-    the engine is short of capacity and freeing slots would not add any."""
-    running = sched.running_adapters()
-    return any(
-        r.lora_name in running and r.lora_name not in marks and now - r.wait_since > threshold
-        for r in sched.waiting
-    )
 
 
 class SGLangDrainer(FCFS):
@@ -391,11 +395,17 @@ class PreemptDrainer(ReserveDrainer):
 
     def before_prefill(self, sched: Scheduler, now: float) -> None:
         self.now = now
-        self.overloaded = _overloaded(sched, now, self.threshold, self.marks)
         super().before_prefill(sched, now)
         self._to_pause = [] if self.overloaded else self._victims_to_pause(sched, now)
 
     def _starving(self, sched: Scheduler, running: set[Adapter]) -> list[Adapter]:
+        # Overload: a running adapter (not one owing its slot) has a request that has waited
+        # past the threshold, for the batch, the pages or the prefill budget, not for a slot:
+        # the engine is short of capacity, and freeing slots would add none.
+        self.overloaded = any(
+            s.waiting and s.longest_wait > self.threshold and a in running and a not in self.marks
+            for a, s in self.stats.items()
+        )
         return [] if self.overloaded else super()._starving(sched, running)
 
     def _victims_to_pause(self, sched: Scheduler, now: float) -> list[Request]:
@@ -523,8 +533,8 @@ class FairDrainer(PreemptDrainer):
     def _starving(self, sched: Scheduler, running: set[Adapter]) -> list[Adapter]:
         need = super()._starving(sched, running)
         demand = {a: s.waiting for a, s in self.stats.items()}
-        for r in sched.running:
-            demand[r.lora_name] = demand.get(r.lora_name, 0) + 1
+        for a, n in sched.running_count.items():
+            demand[a] = demand.get(a, 0) + n
         share = sum(demand.values()) / sched.adapters.num_slots
         self.hot = {a for a in running if demand.get(a, 0) >= share}
         rotating = sched.adapters.num_slots - len(self.hot) - len(self.marks)

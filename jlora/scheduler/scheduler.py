@@ -172,6 +172,8 @@ class Scheduler:
         self.policy: Policy = policy or FCFS()
         self.waiting: list[Request] = []
         self.running: list[Request] = []
+        self.running_count: dict[Adapter, int] = {}
+        """Running requests per adapter (adapters with none are absent)."""
         self.paused: list[Request] = []
         self.last_plan = StepPlan("idle")
         self._admitted_order: dict[int, int] = {}  # rid -> admission counter (newest = largest)
@@ -202,7 +204,7 @@ class Scheduler:
         return bool(self.waiting or self.running or self.paused)
 
     def running_adapters(self) -> set[Adapter]:
-        return {r.lora_name for r in self.running}
+        return set(self.running_count)
 
     @property
     def progress_bound(self) -> int:
@@ -413,6 +415,8 @@ class Scheduler:
                 ok = seatable[name] = self.free_slot(name, busy) is not None
             return ok
 
+        if len(self.running) >= cfg.max_running_requests:
+            return  # nothing can be admitted or resumed: no need to order the queue
         paused_left = len(self.paused)  # at least the paused requests not walked yet
         for req in self.policy.order(self.paused + self.waiting, now):
             if len(self.running) >= cfg.max_running_requests:
@@ -434,7 +438,7 @@ class Scheduler:
                     seatable.clear()
                 self.paused.remove(req)
                 req.status = Status.RUNNING
-                self.running.append(req)
+                self._join_running(req)
                 bisect.insort(self._by_admission, req, key=lambda r: self._admitted_order[r.rid])
                 plan.resumed.append(req)
                 reserve += 1
@@ -473,7 +477,7 @@ class Scheduler:
     def _admit(self, req: Request) -> None:
         self.waiting.remove(req)
         req.status = Status.RUNNING
-        self.running.append(req)
+        self._join_running(req)
         self._by_admission.append(req)  # the newest admission
         self._counter += 1
         self._admitted_order[req.rid] = self._counter
@@ -484,9 +488,18 @@ class Scheduler:
             key=lambda r: self._admitted_order[r.rid],
         )
 
+    def _join_running(self, req: Request) -> None:
+        self.running.append(req)
+        self.running_count[req.lora_name] = self.running_count.get(req.lora_name, 0) + 1
+
     def _leave_running(self, req: Request) -> None:
         self.running.remove(req)
         self._by_admission.remove(req)
+        left = self.running_count[req.lora_name] - 1
+        if left:
+            self.running_count[req.lora_name] = left
+        else:
+            del self.running_count[req.lora_name]
 
     def _pause(self, req: Request, now: float, plan: StepPlan) -> None:
         """Take a running request out of the running set, keeping its pages; it waits from now.
@@ -579,7 +592,7 @@ class Scheduler:
         if req.status == Status.RUNNING and req in self.running:
             self._leave_running(req)  # and it is in no other queue: the waiting one may be long
         else:
-            for queue in (self.running, self.waiting, self.paused):
+            for queue in (self.waiting, self.paused):
                 if req in queue:
                     queue.remove(req)
             if req in self._by_admission:
