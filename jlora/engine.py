@@ -10,10 +10,11 @@
 Each :meth:`Engine.step` asks the scheduler for a plan (from host state only), has the runner copy
 any adapter the plan needs into its device slot (and, with ``lora_prefetch``, the adapter next in
 line into a free one; a load is dispatched, not waited for: the runner makes the first step that
-uses the slot wait for it), runs the one prefill or decode step, and applies the sampled tokens: timestamps, stop conditions, freeing what finished. With ``overlap_schedule``
-a decode step's tokens are applied in the next call, after the following decode step has been
-dispatched (:meth:`Engine.step`). The runner and the clock are injected, so the same loop runs the
-real model, a fake runner in tests, or the simulator. The scheduling policy is built from
+uses the slot wait for it), runs the one prefill or decode step, and applies the sampled tokens:
+timestamps, stop conditions, freeing what finished. With ``overlap_schedule`` a decode step's
+tokens are applied in the next call, after the following decode step has been dispatched
+(:meth:`Engine.step`). The runner and the clock are injected, so the same loop runs the real model,
+a fake runner in tests, or the simulator. The scheduling policy is built from
 ``lora_drain_wait_threshold`` / ``lora_drain_policy`` unless one is passed (``policy=``);
 ``engine.last_state`` is the scheduler's state at the last decision.
 """

@@ -78,7 +78,8 @@ def format_per_adapter(per_adapter: dict) -> str:
 def format_host_cache(host_bytes: dict[str, int]) -> str:
     """One line: the host memory of the adapter cache, per adapter and in all (MiB)."""
     each = ", ".join(f"{name} {n / 2**20:.1f}" for name, n in host_bytes.items())
-    return f"host cache of adapters (MiB): {each or 'empty'}; total {sum(host_bytes.values()) / 2**20:.1f}"
+    total = sum(host_bytes.values()) / 2**20
+    return f"host cache of adapters (MiB): {each or 'empty'}; total {total:.1f}"
 
 
 def format_compare(results: dict[str, dict]) -> str:

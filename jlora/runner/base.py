@@ -2,10 +2,10 @@
 
 The engine loop asks the scheduler for a plan, then asks the runner to carry it out: load adapters
 into device slots, run one prefill or decode step, return the sampled tokens. A load is only
-dispatched: the runner makes the first step that uses the slot wait for it, and no other. The real runner
-(:class:`~jlora.runner.model_runner.ModelRunner`) runs jitted JAX steps; a fake runner in tests
-returns scripted tokens and advances a fake clock by hand-computable step times; the simulator's
-runner charges a calibrated cost model. The scheduler cannot tell them apart.
+dispatched: the runner makes the first step that uses the slot wait for it, and no other. The real
+runner (:class:`~jlora.runner.model_runner.ModelRunner`) runs jitted JAX steps; a fake runner in
+tests returns scripted tokens and advances a fake clock by hand-computable step times; the
+simulator's runner charges a calibrated cost model. The scheduler cannot tell them apart.
 """
 
 from __future__ import annotations
