@@ -356,14 +356,14 @@ class SlotBuffers:
             used = set(used)
             for slot in list(self._pending):
                 values = self._pending[slot]
-                if (
-                    slot in used
-                    or values is None
-                    or not self._poll
-                    or all(x.is_ready() for x in jax.tree.leaves(values))
-                ):
+                if slot in used or values is None or not self._poll or self._landed(values):
                     self._write(slot, self._pending.pop(slot))
         return self._layers
+
+    @staticmethod
+    def _landed(values: SlotGroups) -> bool:
+        """Whether a transfer has reached the device (asks, never waits)."""
+        return all(x.is_ready() for x in jax.tree.leaves(values))
 
     @property
     def layers(self) -> LoraLayers:
