@@ -125,14 +125,14 @@ def main(argv: list[str] | None = None) -> None:
     ).stdout.strip()
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     table = [
-        "| load terms | preempt at | prefetch | slot loads | load (s) | load wait (s) | "
+        "| load terms | preempt at | prefetch | slot loads | load (ms) | load wait (ms) | "
         "TTFT P50 (ms) | TTFT P99 (ms) | E2E P99 (ms) |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         table.append(
             f"| {r['cost']} | {r['drain'] or 'off'} | {'on' if r['prefetch'] else 'off'} | "
-            f"{r['slot_loads']} | {r['load_s']:.2f} | {r['load_wait_s']:.2f} | "
+            f"{r['slot_loads']} | {1e3 * r['load_s']:.1f} | {1e3 * r['load_wait_s']:.1f} | "
             f"{r['median_ttft_ms']:.0f} | {r['p99_ttft_ms']:.0f} | {r['p99_e2e_latency_ms']:.0f} |"
         )
     out = Path(args.out)
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     last = next(r for r in rows if not r["prefetch"] and r["cost"] == "after")
     verdict = (
         f"{args.model}, rate {args.rate:g}: virtual time in slot loads (host + waits) "
-        f"{first['load_s'] + first['load_wait_s']:.2f} s -> "
-        f"{last['load_s'] + last['load_wait_s']:.2f} s (drainer off, prefetch off)"
+        f"{1e3 * (first['load_s'] + first['load_wait_s']):.1f} ms -> "
+        f"{1e3 * (last['load_s'] + last['load_wait_s']):.1f} ms (drainer off, prefetch off)"
     )
     lines = [
         "# The seed's workload in the simulator: slot-load time before and after #17",
