@@ -35,6 +35,7 @@ import argparse
 import datetime
 import functools
 import json
+import os
 import platform
 import re
 import statistics
@@ -258,8 +259,11 @@ def run(args) -> dict:
             "reps": args.reps,
         },
     }
+    load_before = os.getloadavg()[0]
     data["loads"] = measure_loads(args)
     data["decode"] = measure_decode(args)
+    # On a shared host other work inflates every figure: say how busy it was.
+    data["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     return data
 
 
@@ -338,7 +342,9 @@ def device_section(data: dict, json_name: str) -> list[str]:
     lines = [
         f"### {data['device_kind']} ({data['device']})",
         "",
-        f"- commit {data['commit']}, {data['date']}; jax {data['jax']}; python {data['python']}",
+        f"- commit {data['commit']}, {data['date']}; jax {data['jax']}; python {data['python']}; "
+        f"host load average at start and end: {data.get('load_average', 'not recorded')} "
+        f"({os.cpu_count()} cores)",
         f"- loads: `{s['model']}` shapes, {s['slots']} slots, max rank {s['max_rank']}, "
         f"{s['dtype']}; adapters in pinned host memory: {data['loads']['pinned']}; "
         f"slot writes compiled at warm-up in {data['loads']['warmup_s']} s",
