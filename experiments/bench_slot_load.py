@@ -264,6 +264,7 @@ def run(args) -> dict:
     data["decode"] = measure_decode(args)
     # On a shared host other work inflates every figure: say how busy it was.
     data["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+    data["cores"] = os.cpu_count()
     return data
 
 
@@ -344,7 +345,7 @@ def device_section(data: dict, json_name: str) -> list[str]:
         "",
         f"- commit {data['commit']}, {data['date']}; jax {data['jax']}; python {data['python']}; "
         f"host load average at start and end: {data.get('load_average', 'not recorded')} "
-        f"({os.cpu_count()} cores)",
+        f"({data.get('cores', '?')} cores)",
         f"- loads: `{s['model']}` shapes, {s['slots']} slots, max rank {s['max_rank']}, "
         f"{s['dtype']}; adapters in pinned host memory: {data['loads']['pinned']}; "
         f"slot writes compiled at warm-up in {data['loads']['warmup_s']} s",
