@@ -273,10 +273,13 @@ class ModelRunner:
         # The state the steps carry from one to the next (KV cache, staging buffer, fed-back
         # tokens) is placed on its device ("committed") from the start: the slot loads commit
         # the LoRA buffers, and so every step's outputs; a step compiled at warm-up on state not
-        # yet committed would compile again when serving.
+        # yet committed would compile again when serving. (Under a mesh the buffers were always
+        # committed, and the sharded KV cache and staging buffer too.)
         device = jax.local_devices()[0]
         # The ``fed_back`` of a decode step that reads no token from another step.
-        self._no_feedback = jnp.zeros(buckets.decode_batch[-1], jnp.int32, device=device)
+        self._no_feedback = jnp.zeros(
+            buckets.decode_batch[-1], jnp.int32, device=device if mesh is None else None
+        )
         # On CPU the Pallas kernel runs in its interpreter (tests); on GPU it is compiled.
         self._interpret = jax.default_backend() == "cpu"
         # Under tensor parallelism each device allocates only its KV heads.
