@@ -73,6 +73,11 @@ class EngineConfig:
     lora_eviction_policy: str = "lru"
     """Which adapter leaves a device slot (or the host cache) when another needs it: ``lru`` or
     ``fifo``. An adapter with running requests never leaves its slot."""
+    lora_prefetch: bool = True
+    """Load the adapter of the next request in line into a free device slot (empty, or held by an
+    adapter no request uses) before its turn, so that its load overlaps the steps before it. It
+    never evicts an adapter with running, waiting or paused requests; outputs are the same either
+    way."""
     base_model_uses_slot: bool = False
     """Requests without an adapter count as one adapter against ``max_loras_per_batch``, as in
     SGLang (where the base model takes a slot)."""

@@ -8,11 +8,13 @@
         finished = engine.step()   # the RequestOutputs that finished in this step
 
 Each :meth:`Engine.step` asks the scheduler for a plan (from host state only), has the runner copy
-any adapter the plan needs into its device slot, runs the one prefill or decode step, and applies
-the sampled tokens: timestamps, stop conditions, freeing what finished. With ``overlap_schedule``
-a decode step's tokens are applied in the next call, after the following decode step has been
-dispatched (:meth:`Engine.step`). The runner and the clock are injected, so the same loop runs the
-real model, a fake runner in tests, or the simulator. The scheduling policy is built from
+any adapter the plan needs into its device slot (and, with ``lora_prefetch``, the adapter next in
+line into a free one; a load is dispatched, not waited for: the runner makes the first step that
+uses the slot wait for it), runs the one prefill or decode step, and applies the sampled tokens:
+timestamps, stop conditions, freeing what finished. With ``overlap_schedule`` a decode step's
+tokens are applied in the next call, after the following decode step has been dispatched
+(:meth:`Engine.step`). The runner and the clock are injected, so the same loop runs the real model,
+a fake runner in tests, or the simulator. The scheduling policy is built from
 ``lora_drain_wait_threshold`` / ``lora_drain_policy`` unless one is passed (``policy=``);
 ``engine.last_state`` is the scheduler's state at the last decision.
 """
@@ -28,7 +30,7 @@ import numpy as np
 
 from jlora.adapters.dummy import parse_dummy_spec, random_adapter
 from jlora.adapters.peft import LoraAdapter, load_peft_adapter
-from jlora.adapters.pool import AdapterPool
+from jlora.adapters.pool import AdapterPool, HostAdapter
 from jlora.adapters.slots import SlotBuffers
 from jlora.clock import Clock
 from jlora.config import EngineConfig
@@ -139,8 +141,6 @@ class Engine:
             config.max_loaded_loras,
             config.lora_eviction_policy,
         )
-        for name, path in config.lora_paths.items():
-            self.adapters.register(name, path)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_running_requests=config.max_running_requests,
@@ -149,6 +149,7 @@ class Engine:
                 max_prefill_seqs=self.buckets.prefill_rows,
                 base_uses_slot=config.base_model_uses_slot,
                 context_length=self.context_length,
+                prefetch=config.lora_prefetch,
             ),
             self.pages,
             self.adapters,
@@ -173,6 +174,9 @@ class Engine:
             if config.warmup:
                 runner.warmup()
         self.runner = runner
+        # Read after the runner exists: the host cache keeps each adapter in the runner's form.
+        for name, path in config.lora_paths.items():
+            self.adapters.register(name, path)
         self.requests: dict[int, Request] = {}
         self._rids = itertools.count()
         self._events: dict[int, list[StreamEvent]] = {}
@@ -194,7 +198,12 @@ class Engine:
             self._state = self._take_state()
         return self._state
 
-    def _load_adapter(self, name: str, path: str) -> LoraAdapter:
+    def _load_adapter(self, name: str, path: str) -> HostAdapter:
+        """Read an adapter (PEFT directory or ``dummy:RANK``) into the form the host cache keeps
+        for the runner (:meth:`Runner.host_adapter`: the real runner's slot layout)."""
+        return self.runner.host_adapter(self._read_adapter(name, path))
+
+    def _read_adapter(self, name: str, path: str) -> LoraAdapter:
         rank = parse_dummy_spec(path)
         if rank is None:
             return load_peft_adapter(name, path, self.model_config, self.config.max_lora_rank)
@@ -328,7 +337,9 @@ class Engine:
         now = self.clock.now()
         plan = self.scheduler.schedule(now)
         self._record(plan, now)
-        for slot, name in plan.loads:  # also for resumed requests, which decode in a later step
+        # Also for resumed requests, which decode in a later step; and the prefetched adapters
+        # (lora_prefetch), whose load overlaps the steps until their turn.
+        for slot, name in plan.loads + plan.prefetch:
             self.runner.load_lora(slot, self.adapters.get(name))
             loaded = self.clock.now()
             self.scheduler.observe_load(loaded - now)

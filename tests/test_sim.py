@@ -145,10 +145,14 @@ def test_the_simulator_is_the_engine_with_another_runner_and_clock():
         engine.step()
     req = engine.requests[rid]
     runner = engine.runner
-    # One slot load, one prefill (100 tokens -> the 128 bucket), two decode steps.
-    assert runner.steps == {"prefill": 1, "decode": 2, "load": 1, "host_load": 0}
+    # One slot load, one prefill (100 tokens -> the 128 bucket) that waits for the load to land
+    # (if the cost model gives it a device part), two decode steps.
+    waits = int(runner.cost.load_device_time(16) > 0)
+    want = {"prefill": 1, "decode": 2, "load": 1, "load_wait": waits, "host_load": 0}
+    assert runner.steps == want
     assert req.token_times[-1] == pytest.approx(sum(runner.busy.values()), abs=1e-12)
-    assert req.token_times[0] == pytest.approx(runner.busy["load"] + runner.busy["prefill"])
+    first = runner.busy["load"] + runner.busy["load_wait"] + runner.busy["prefill"]
+    assert req.token_times[0] == pytest.approx(first)
     with pytest.raises(NotImplementedError):
         engine.score([[1, 2, 3]])
 

@@ -12,20 +12,38 @@ Two tiers, as in SGLang:
   for (``reserved``): no other adapter is given it.
 
 This object is host bookkeeping only: the scheduler asks it which slot an adapter would get, and
-the engine asks the runner to copy the weights into that slot.
+the engine asks the runner to copy the weights into that slot. What it caches is what the loader
+returns: for the real runner a :class:`~jlora.adapters.slots.SlotAdapter` (the adapter laid out as
+a slot holds it, built once when read), for the simulator a stub with a rank and no weights;
+:meth:`AdapterPool.host_bytes` reports what each takes.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-
-from jlora.adapters.peft import LoraAdapter
+from typing import Protocol
 
 EVICTION_POLICIES = ("lru", "fifo")
 
+
+class HostAdapter(Protocol):
+    """An adapter as the host cache keeps it (a ``LoraAdapter``, a ``SlotAdapter``, a stub)."""
+
+    name: str
+
+    @property
+    def rank(self) -> int:
+        """Its largest rank (what a device slot must hold)."""
+        ...
+
+    def nbytes(self) -> int:
+        """Host bytes it takes."""
+        ...
+
+
 # name, path -> the adapter (a real loader reads the PEFT files; a simulator's returns rank only).
-AdapterLoader = Callable[[str, str], LoraAdapter]
+AdapterLoader = Callable[[str, str], HostAdapter]
 
 
 class AdapterPool:
@@ -43,7 +61,7 @@ class AdapterPool:
         self.eviction_policy = eviction_policy
         self.paths: dict[str, str] = {}
         self.pinned: set[str] = set()
-        self.host: OrderedDict[str, LoraAdapter] = OrderedDict()
+        self.host: OrderedDict[str, HostAdapter] = OrderedDict()
         self.occupant: list[str | None] = [None] * num_slots
         self.slot_index: dict[str, int] = {}
         """Adapter name -> its device slot (``occupant``'s inverse; read it, change neither)."""
@@ -54,7 +72,7 @@ class AdapterPool:
         self.slot_loads = 0  # copies into device slots
 
     # ------------------------------------------------------------------ registry and host cache
-    def register(self, name: str, path: str, pinned: bool = False) -> LoraAdapter:
+    def register(self, name: str, path: str, pinned: bool = False) -> HostAdapter:
         """Add an adapter by name; it is read (and validated) now."""
         if name in self.paths:
             raise ValueError(f"adapter {name!r} is already loaded (from {self.paths[name]!r})")
@@ -87,7 +105,7 @@ class AdapterPool:
     def known(self, name: str) -> bool:
         return name in self.paths
 
-    def get(self, name: str) -> LoraAdapter:
+    def get(self, name: str) -> HostAdapter:
         """The adapter's weights, read from disk again if the host cache dropped them."""
         if name in self.host:
             if self.eviction_policy == "lru":
@@ -98,6 +116,10 @@ class AdapterPool:
         self.host[name] = adapter
         self._trim_host()
         return adapter
+
+    def host_bytes(self) -> dict[str, int]:
+        """Host memory of the cache: bytes per adapter it holds now."""
+        return {name: adapter.nbytes() for name, adapter in self.host.items()}
 
     def _trim_host(self) -> None:
         if self.max_loaded is None:

@@ -1,23 +1,46 @@
-"""Device slots: the LoRA buffers the forward reads (``max_loras_per_batch`` x ``max_lora_rank``).
+"""Device slots: the LoRA buffers the forward reads (``max_loras_per_batch`` x ``max_lora_rank``),
+and the host layout adapters are kept in to be loaded into them.
 
 Per layer and module group (qkv, o, gate_up, down) one :class:`~jlora.kernels.LoraGroup` stacked
-over the slots. Putting an adapter into a slot is a jitted update of only that slot, with the
-buffers donated, so it costs the adapter's bytes, not the pool's, and happens between steps.
+over the slots. How an adapter gets into a slot:
+
+1. **Read** (once, when the host cache reads it): :meth:`SlotBuffers.host_adapter` lays the
+   adapter out as a slot holds it, a :class:`SlotAdapter`: per group, arrays stacked over the
+   layers at the adapter's own rank rounded up to a :func:`rank_bucket` (``a [L, M, r, in]``,
+   ``b [L, O, r]``, ``scale [L, M]``), ``b`` in the per-shard column order under tensor
+   parallelism. On a GPU the arrays sit in pinned host memory, so that a load is a DMA.
+2. **Load** (:meth:`SlotBuffers.put`): the twelve arrays are sent to the device, asynchronously;
+   only the adapter's rank rows cross the bus. ``put`` returns at once and reads nothing back.
+3. **Write** (:meth:`SlotBuffers.layers_for`, called by the step that reads the buffers): one
+   jitted update, the buffers donated, writes rows ``[:r]`` of the slot in every layer and zeroes
+   rows ``[r:R]`` on the device, so that a smaller rank after a larger one leaves no stale rows.
+   The write is issued when a step uses the slot (that step waits for the transfer), or earlier
+   once the transfer has landed: a step that does not use the slot does not wait for the bus.
+   (Writing at ``put`` would order every later step after the transfer: the steps read the
+   written buffers.) With several processes the writes must be issued in the same order
+   everywhere, so instead of polling the transfer a pending write is issued at the next step.
+
+Ranks are bucketed (:func:`rank_buckets`: powers of two from 8 up to ``max_rank``) so that the
+write compiles once per bucket; :meth:`SlotBuffers.warmup` compiles them all.
 
 Under tensor parallelism (a ``mesh``) the buffers are split as the base projections they add to
 (:data:`GROUP_SHARDING`, see :mod:`jlora.tensor_parallel`): the column-parallel groups' ``b`` on
 its output dim, laid out per shard like the fused base weights; the row-parallel groups' ``a`` on
-its input dim.
+its input dim. A :class:`SlotAdapter`'s arrays are split the same way (each device receives only
+its shard).
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 from jlora.adapters.peft import LoraAdapter
@@ -29,13 +52,20 @@ from models.weights import DTYPES
 
 _COLUMN = LoraGroup(a=P(), b=P(None, TP_AXIS, None), scale=P())  # B split on the output dim
 _ROW = LoraGroup(a=P(None, None, None, TP_AXIS), b=P(), scale=P())  # A split on the input dim
-# How each group's buffers [S, ...] are split over the tensor-parallel axis.
+# How each group's buffers [S, ...] are split over the tensor-parallel axis. The leading dim is
+# never split, so a SlotAdapter's arrays [L, ...] take the same specs.
 GROUP_SHARDING: dict[str, LoraGroup] = {
     "qkv": _COLUMN,
     "o": _ROW,
     "gate_up": _COLUMN,
     "down": _ROW,
 }
+
+SMALLEST_RANK_BUCKET = 8
+
+SlotGroups = dict[str, LoraGroup]
+"""Per module group, an adapter's arrays stacked over layers: ``a [L, M, r, d_in]``,
+``b [L, O, r]``, ``scale [L, M]`` float32 (numpy, or jax arrays in pinned host memory)."""
 
 
 def lora_specs(num_layers: int) -> LoraLayers:
@@ -53,14 +83,87 @@ def _group_in_size(cfg: ModelConfig, group: str) -> int:
     return cfg.module_shapes()[MODULE_GROUPS[group][0]][0]
 
 
+def rank_buckets(max_rank: int) -> tuple[int, ...]:
+    """The ranks a slot write is compiled for: powers of two from 8 below ``max_rank``, and
+    ``max_rank`` itself."""
+    out, r = [], SMALLEST_RANK_BUCKET
+    while r < max_rank:
+        out.append(r)
+        r *= 2
+    return (*out, max_rank)
+
+
+def rank_bucket(rank: int, max_rank: int) -> int:
+    """The rank an adapter of ``rank`` is laid out at: the smallest bucket that holds it."""
+    if not 0 <= rank <= max_rank:
+        raise ValueError(f"rank={rank} outside [0, max_lora_rank={max_rank}]")
+    return next(b for b in rank_buckets(max_rank) if b >= rank)
+
+
+@dataclass(frozen=True)
+class SlotAdapter:
+    """An adapter in host memory, laid out as a device slot holds it (see the module docstring).
+
+    What the host cache keeps for the real runner: built once when the adapter is read."""
+
+    name: str
+    path: str | None
+    rank: int
+    """The adapter's own (largest) rank, what the step's routing reads; the arrays hold
+    :func:`rank_bucket` rows, the ones past ``rank`` zero."""
+    groups: SlotGroups
+
+    def nbytes(self) -> int:
+        """Host bytes of the layout."""
+        return sum(x.nbytes for g in self.groups.values() for x in (g.a, g.b, g.scale))
+
+
+def slot_layout(
+    adapter: LoraAdapter | None,
+    cfg: ModelConfig,
+    max_rank: int,
+    dtype: str,
+    tp: int = 1,
+    rows: int | None = None,
+) -> SlotGroups:
+    """``adapter``'s host arrays as a slot holds them, stacked over layers at ``rows`` rank rows
+    (default: its :func:`rank_bucket`; None: zeros). Modules the adapter does not target stay
+    zero, scale 0.
+    With ``tp`` shards the column-parallel groups' ``b`` rows are laid out per shard
+    (:func:`models.llama.fused_column_order`), as the base weights they add to."""
+    np_dtype = DTYPES[dtype]
+    r = rank_bucket(0 if adapter is None else adapter.rank, max_rank) if rows is None else rows
+    out_sizes = group_out_sizes(cfg)
+    out: SlotGroups = {}
+    for group, modules in MODULE_GROUPS.items():
+        sizes, n = out_sizes[group], cfg.num_layers
+        a = np.zeros((n, len(modules), r, _group_in_size(cfg, group)), np_dtype)
+        b = np.zeros((n, sum(sizes), r), np_dtype)
+        scale = np.zeros((n, len(modules)), np.float32)
+        for layer in range(n if adapter is not None else 0):
+            off = 0
+            for m, (module, size) in enumerate(zip(modules, sizes, strict=True)):
+                lm = adapter.modules.get((layer, module))
+                if lm is not None:
+                    a[layer, m, : lm.rank] = lm.a
+                    b[layer, off : off + size, : lm.rank] = lm.b
+                    scale[layer, m] = lm.scale
+                off += size
+        if tp > 1 and GROUP_SHARDING[group] is _COLUMN:
+            b = b[:, fused_column_order(sizes, tp)]
+        out[group] = LoraGroup(a=a, b=b, scale=scale)
+    return out
+
+
 def adapter_to_groups(
     adapter: LoraAdapter | None, cfg: ModelConfig, max_rank: int, dtype: str, tp: int = 1
 ) -> list[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """One slot's worth of host arrays: per layer, per group ``(a [M,R,in], b [O,R], scale [M])``.
+    """The reference of what one slot holds: per layer, per group ``(a [M,R,in], b [O,R],
+    scale [M])``, padded to ``max_rank``, built module by module (the loads before
+    :class:`SlotAdapter` built this on every load; the tests check the slots against it).
 
     ``None`` gives zeros (an empty slot); modules the adapter does not target stay zero, scale 0.
-    With ``tp`` shards the column-parallel groups' ``b`` rows are laid out per shard
-    (:func:`models.llama.fused_column_order`), as the base weights they add to.
+    With ``tp`` shards the column-parallel groups' ``b`` rows are laid out per shard.
     """
     np_dtype = DTYPES[dtype]
     out_sizes = group_out_sizes(cfg)
@@ -87,16 +190,61 @@ def adapter_to_groups(
     return layers
 
 
+def _padded(x: jax.Array, axis: int, size: int, dtype) -> jax.Array:
+    """``x`` zero-padded to ``size`` along ``axis`` (the rank rows past the adapter's bucket)."""
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x.astype(dtype), pad)
+
+
 @functools.partial(jax.jit, donate_argnums=(0,))
-def _write_slot(buffers: LoraLayers, slot: jax.Array, values: LoraLayers) -> LoraLayers:
-    # `slot` is traced, so one compilation serves every slot index.
-    return jax.tree.map(lambda buf, val: buf.at[slot].set(val.astype(buf.dtype)), buffers, values)
+def _write_slot(
+    buffers: LoraLayers,  # per layer, per group: a [S, M, R, in], b [S, O, R], scale [S, M]
+    slot: jax.Array,  # [] int32; traced, so one compilation serves every slot index
+    values: SlotGroups | None,  # a [L, M, r, in], b [L, O, r], scale [L, M]; None: clear
+) -> LoraLayers:
+    """Slot ``slot`` of every layer set to ``values``, rows ``r..R`` zeroed (compiled per rank
+    bucket ``r``)."""
+    out = []
+    for layer, groups in enumerate(buffers):
+        new = {}
+        for g, buf in groups.items():
+            if values is None:
+                a = jnp.zeros(buf.a.shape[1:], buf.a.dtype)
+                b = jnp.zeros(buf.b.shape[1:], buf.b.dtype)
+                scale = jnp.zeros(buf.scale.shape[1:], buf.scale.dtype)
+            else:
+                v = values[g]
+                a = _padded(v.a[layer], 1, buf.a.shape[2], buf.a.dtype)
+                b = _padded(v.b[layer], 1, buf.b.shape[2], buf.b.dtype)
+                scale = v.scale[layer].astype(buf.scale.dtype)
+            new[g] = LoraGroup(
+                a=jax.lax.dynamic_update_index_in_dim(buf.a, a, slot, 0),
+                b=jax.lax.dynamic_update_index_in_dim(buf.b, b, slot, 0),
+                scale=jax.lax.dynamic_update_index_in_dim(buf.scale, scale, slot, 0),
+            )
+        out.append(new)
+    return tuple(out)
+
+
+def pinned_host_supported(device: jax.Device) -> bool:
+    """Whether host arrays can sit in pinned memory for ``device`` (a GPU): a load from there is
+    a DMA. On a CPU host memory is the device's own: plain numpy arrays."""
+    if device.platform == "cpu":
+        return False
+    try:
+        return "pinned_host" in {m.kind for m in device.addressable_memories()}
+    except Exception:  # a backend without memory kinds
+        return False
 
 
 class SlotBuffers:
     """The device LoRA buffers and which adapter each slot holds (host-side bookkeeping).
 
     With a ``mesh`` the buffers are split over its tensor-parallel axis (:data:`GROUP_SHARDING`).
+    ``occupant`` and ``slot_rank`` say what a slot holds from its :meth:`put` on; the buffers
+    hold it once the write has been issued (:meth:`layers_for`; reading :attr:`layers` issues
+    every pending write).
     """
 
     def __init__(
@@ -108,9 +256,11 @@ class SlotBuffers:
         jdtype = jnp.dtype(DTYPES[dtype])
         out_sizes = group_out_sizes(cfg)
 
+        device = jax.local_devices()[0] if mesh is None else mesh.devices.flat[0]
+
         def zeros(shape, dtype, spec):
-            if mesh is None:
-                return jnp.zeros(shape, dtype)
+            if mesh is None:  # committed, as the loads will leave them (see ModelRunner)
+                return jnp.zeros(shape, dtype, device=device)
             return sharded_zeros(shape, dtype, NamedSharding(mesh, spec))
 
         def empty_group(group: str) -> LoraGroup:
@@ -121,30 +271,131 @@ class SlotBuffers:
                 scale=zeros((num_slots, m), jnp.float32, spec.scale),
             )
 
-        self.layers: LoraLayers = tuple(
+        self._layers: LoraLayers = tuple(
             {g: empty_group(g) for g in MODULE_GROUPS} for _ in range(cfg.num_layers)
         )
         self.slot_rank = np.zeros((num_slots,), np.int32)
         self.occupant: list[str | None] = [None] * num_slots
+        # slot -> its load sent to the device but not yet written into the buffers (None: clear)
+        self._pending: dict[int, SlotGroups | None] = {}
+        # With several processes every one must issue the same writes in the same order: no
+        # polling of the transfers, whose progress differs between processes.
+        self._poll = jax.process_count() == 1
+        self.pinned = pinned_host_supported(device)
+        """Whether :class:`SlotAdapter` arrays sit in pinned host memory (a GPU)."""
 
-    def put(self, slot: int, adapter: LoraAdapter | None) -> None:
-        """Load ``adapter`` (or zeros for None) into device slot ``slot``."""
+        def shardings(memory_kind: str | None):
+            if mesh is None:
+                one = SingleDeviceSharding(device, memory_kind=memory_kind)
+                return {g: LoraGroup(a=one, b=one, scale=one) for g in MODULE_GROUPS}
+            return {
+                g: jax.tree.map(lambda s: NamedSharding(mesh, s, memory_kind=memory_kind), spec)
+                for g, spec in GROUP_SHARDING.items()
+            }
+
+        # The device side in the default memory kind, as the buffers: a sharding that names it
+        # would be another cache key for the jitted steps, which would then compile again.
+        self._device_shardings = shardings(None)
+        self._host_shardings = shardings("pinned_host") if self.pinned else None
+
+    # ------------------------------------------------------------------ host layout
+    def host_adapter(self, adapter: LoraAdapter) -> SlotAdapter:
+        """``adapter`` laid out for these slots (rank bucket, shard order), in pinned host memory
+        where the platform has it: what the host cache keeps. Built once, when it is read."""
+        if adapter.rank > self.max_rank:
+            raise ValueError(
+                f"adapter {adapter.name!r}: rank={adapter.rank} is above "
+                f"max_lora_rank={self.max_rank}"
+            )
+        groups = slot_layout(adapter, self.cfg, self.max_rank, self.dtype, self.tp)
+        return SlotAdapter(adapter.name, adapter.path, adapter.rank, self._place_host(groups))
+
+    def _place_host(self, groups: SlotGroups) -> SlotGroups:
+        if self._host_shardings is None:
+            return groups
+        try:
+            return jax.tree.map(
+                lambda v, s: jax.make_array_from_callback(v.shape, s, lambda index: v[index]),
+                groups,
+                self._host_shardings,
+            )
+        except Exception as e:  # the platform advertises pinned memory but refuses it
+            warnings.warn(
+                f"pinned host memory refused ({e}); adapters stay in pageable host memory",
+                stacklevel=3,
+            )
+            self._host_shardings, self.pinned = None, False
+            return groups
+
+    def _to_device(self, groups: SlotGroups) -> SlotGroups:
+        """Start the transfer of a layout to the device (asynchronous: nothing waits for it)."""
+        if self._host_shardings is not None or self.mesh is None:
+            return jax.device_put(groups, self._device_shardings)
+        # numpy under a mesh: each device receives only its shard (any number of processes)
+        return jax.tree.map(put_host, groups, self._device_shardings)
+
+    # ------------------------------------------------------------------ loads
+    def put(self, slot: int, adapter: SlotAdapter | LoraAdapter | None) -> None:
+        """Load ``adapter`` (None: clear) into device slot ``slot``: the transfer is dispatched
+        and ``put`` returns; the step that first uses the slot waits for it. A
+        :class:`LoraAdapter` is laid out first (:meth:`host_adapter`, the slow path: the engine's
+        host cache keeps :class:`SlotAdapter`s)."""
         if not 0 <= slot < self.num_slots:
             raise ValueError(f"slot={slot} outside [0, {self.num_slots})")
-        host = adapter_to_groups(adapter, self.cfg, self.max_rank, self.dtype, self.tp)
-        values = tuple(
-            {g: LoraGroup(a=a, b=b, scale=s) for g, (a, b, s) in layer.items()} for layer in host
-        )
-        if self.mesh is not None:  # each device receives only its shard of the slot
-            mesh = self.mesh
-            values = jax.tree.map(
-                lambda v, spec: put_host(v, NamedSharding(mesh, P(*spec[1:]))),
-                values,
-                lora_specs(self.cfg.num_layers),
-            )
-        self.layers = _write_slot(self.layers, jnp.int32(slot), values)
+        if isinstance(adapter, LoraAdapter):
+            adapter = self.host_adapter(adapter)
+        self._pending[slot] = None if adapter is None else self._to_device(adapter.groups)
         self.slot_rank[slot] = 0 if adapter is None else adapter.rank
         self.occupant[slot] = None if adapter is None else adapter.name
+
+    def layers_for(self, used: Iterable[int]) -> LoraLayers:
+        """The buffers for a step that reads the slots ``used``: their pending loads are written
+        first (the step then waits for those transfers), and so is any other pending load whose
+        transfer has landed (single process) or any at all (several processes)."""
+        if self._pending:
+            used = set(used)
+            for slot in list(self._pending):
+                values = self._pending[slot]
+                if slot in used or values is None or not self._poll or self._landed(values):
+                    self._write(slot, self._pending.pop(slot))
+        return self._layers
+
+    @staticmethod
+    def _landed(values: SlotGroups) -> bool:
+        """Whether a transfer has reached the device (asks, never waits)."""
+        return all(x.is_ready() for x in jax.tree.leaves(values))
+
+    @property
+    def layers(self) -> LoraLayers:
+        """The buffers with every load written."""
+        return self.layers_for(range(self.num_slots))
+
+    @property
+    def pending(self) -> tuple[int, ...]:
+        """Slots whose load has been dispatched but not yet written into the buffers."""
+        return tuple(sorted(self._pending))
+
+    def _write(self, slot: int, values: SlotGroups | None) -> None:
+        self._layers = _write_slot(self._layers, jnp.int32(slot), values)
+
+    def warmup(self) -> None:
+        """Compile the write of every rank bucket and the clear, through an empty slot (the same
+        path as a load: host layout, transfer, write). Does nothing if every slot is taken."""
+        empty = [s for s, name in enumerate(self.occupant) if name is None]
+        if not empty:
+            return
+        self.layers_for(())
+        slot = empty[0]
+        for r in rank_buckets(self.max_rank):
+            zeros = slot_layout(None, self.cfg, self.max_rank, self.dtype, self.tp, rows=r)
+            self._write(slot, self._to_device(self._place_host(zeros)))
+        self._write(slot, None)
+        jax.block_until_ready(self._layers)
+
+    @staticmethod
+    def compiled_count() -> int:
+        """Compiled executables of the slot write (one per rank bucket, and the clear)."""
+        return _write_slot._cache_size()
 
     def slot_of(self, name: str) -> int | None:
         try:

@@ -21,7 +21,12 @@ from jlora.bench.config import BenchConfig, parse_step_range
 from jlora.bench.driver import RunResult, run_workload
 from jlora.bench.metrics import compute_metrics, per_adapter_ttft
 from jlora.bench.plots import plot_slot_timeline, plot_ttft_cdf, plot_ttft_per_adapter
-from jlora.bench.report import format_block, format_compare, format_per_adapter
+from jlora.bench.report import (
+    format_block,
+    format_compare,
+    format_host_cache,
+    format_per_adapter,
+)
 from jlora.bench.trace import ProfileSteps, SlotTimeline, TensorBoardTrace
 from jlora.bench.workload import WorkloadRequest, build_workload
 from jlora.config import EngineConfig
@@ -75,6 +80,7 @@ SCHEDULING_FIELDS = frozenset(
         "lora_eviction_policy",
         "base_model_uses_slot",
         "max_loaded_loras",
+        "lora_prefetch",
     }
 )
 
@@ -176,6 +182,7 @@ def run_bench(
         if not quiet:
             print(format_block(name, metrics[name], bench.request_rate))
             print(format_per_adapter(adapters))
+            print(format_host_cache(engine.adapters.host_bytes()))
         _write_outputs(bench, name, cfg, metrics[name], adapters, result)
         # Free this setting's weights and KV cache before the next engine allocates its own.
         del engine, result

@@ -105,7 +105,7 @@ def run_workload(
             kind=plan.kind,
             batch=len(plan.prefill) if plan.kind == "prefill" else len(plan.decode),
             tokens=sum(i.end - i.start for i in plan.prefill) or len(plan.decode),
-            loads=len(plan.loads),
+            loads=len(plan.loads) + len(plan.prefetch),
         )
         result.steps.append(record)
         for observer in observers:

@@ -75,6 +75,13 @@ def format_per_adapter(per_adapter: dict) -> str:
     return "\n".join(lines)
 
 
+def format_host_cache(host_bytes: dict[str, int]) -> str:
+    """One line: the host memory of the adapter cache, per adapter and in all (MiB)."""
+    each = ", ".join(f"{name} {n / 2**20:.1f}" for name, n in host_bytes.items())
+    total = sum(host_bytes.values()) / 2**20
+    return f"host cache of adapters (MiB): {each or 'empty'}; total {total:.1f}"
+
+
 def format_compare(results: dict[str, dict]) -> str:
     """Markdown table: one column per setting, and % change of each against the first."""
     names = list(results)

@@ -1,10 +1,11 @@
 """The runner interface: what the scheduler asks of whoever runs the model.
 
 The engine loop asks the scheduler for a plan, then asks the runner to carry it out: load adapters
-into device slots, run one prefill or decode step, return the sampled tokens. The real runner
-(:class:`~jlora.runner.model_runner.ModelRunner`) runs jitted JAX steps; a fake runner in tests
-returns scripted tokens and advances a fake clock by hand-computable step times; the simulator's
-runner charges a calibrated cost model. The scheduler cannot tell them apart.
+into device slots, run one prefill or decode step, return the sampled tokens. A load is only
+dispatched: the runner makes the first step that uses the slot wait for it, and no other. The real
+runner (:class:`~jlora.runner.model_runner.ModelRunner`) runs jitted JAX steps; a fake runner in
+tests returns scripted tokens and advances a fake clock by hand-computable step times; the
+simulator's runner charges a calibrated cost model. The scheduler cannot tell them apart.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from jlora.adapters.peft import LoraAdapter
+from jlora.adapters.pool import HostAdapter
 from jlora.sampling import SamplingParams
 
 
@@ -63,8 +65,14 @@ class Runner(Protocol):
     """Whether it has :meth:`launch_decode` (overlap scheduling); runners that compute on the host
     (the fake runner, the simulator) do not."""
 
-    def load_lora(self, slot: int, adapter: LoraAdapter | None) -> None:
-        """Put ``adapter`` (None: empty) into device slot ``slot``, between steps."""
+    def host_adapter(self, adapter: LoraAdapter) -> HostAdapter:
+        """The form the host cache keeps ``adapter`` in for this runner's loads, built once when
+        it is read (the real runner: laid out as a slot holds it; others: as read)."""
+        ...
+
+    def load_lora(self, slot: int, adapter: HostAdapter | None) -> None:
+        """Put ``adapter`` (None: empty) into device slot ``slot``, between steps. Returns once
+        the load is dispatched; a step that uses the slot runs after it has landed."""
         ...
 
     def score(self, seqs: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jlora.adapters.peft import LoraAdapter
+from jlora.adapters.pool import HostAdapter
 from jlora.clock import FakeClock
 from jlora.runner.base import DecodeSeq, PrefillSeq
 
@@ -50,7 +51,10 @@ class FakeRunner:
         self.log.append(("decode", [s.rid for s in seqs]))
         return [self.token_fn(s.rid, s.out_index) for s in seqs]
 
-    def load_lora(self, slot: int, adapter: LoraAdapter | None) -> None:
+    def host_adapter(self, adapter: LoraAdapter) -> LoraAdapter:
+        return adapter
+
+    def load_lora(self, slot: int, adapter: HostAdapter | None) -> None:
         self._advance(self.load_time)
         self.log.append(("load", slot, None if adapter is None else adapter.name))
 

@@ -17,11 +17,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 from jlora.adapters.peft import LoraAdapter
-from jlora.adapters.slots import SlotBuffers, lora_specs
+from jlora.adapters.slots import SlotAdapter, SlotBuffers, lora_specs
 from jlora.distributed import assert_same_everywhere
 from jlora.kernels.types import NO_SLOT, LoraBatch, make_lora_batch
 from jlora.runner.attention import DecodeAttention, PrefillAttention
@@ -270,19 +270,27 @@ class ModelRunner:
         if attention_backend not in ("xla", "pallas"):
             raise ValueError(f"attention_backend={attention_backend!r} is not 'xla' or 'pallas'")
         self.attention_backend = attention_backend
+        # The state the steps carry from one to the next (KV cache, staging buffer, fed-back
+        # tokens) is placed on its device ("committed") from the start: the slot loads commit
+        # the LoRA buffers, and so every step's outputs; a step compiled at warm-up on state not
+        # yet committed would compile again when serving. (Under a mesh the buffers were always
+        # committed, and the sharded KV cache and staging buffer too.)
+        device = jax.local_devices()[0]
         # The ``fed_back`` of a decode step that reads no token from another step.
-        self._no_feedback = jnp.zeros(buckets.decode_batch[-1], jnp.int32)
+        self._no_feedback = jnp.zeros(
+            buckets.decode_batch[-1], jnp.int32, device=device if mesh is None else None
+        )
         # On CPU the Pallas kernel runs in its interpreter (tests); on GPU it is compiled.
         self._interpret = jax.default_backend() == "cpu"
-        if mesh is None:
-            self.kv = allocate_kv_cache(cfg, num_pages, page_size, params.embed.dtype)
-        else:  # each device allocates only its KV heads
-            allocate = jax.jit(
-                allocate_kv_cache,
-                static_argnums=(0, 1, 2, 3),
-                out_shardings=NamedSharding(mesh, KV_SHARDING),
-            )
-            self.kv = allocate(cfg, num_pages, page_size, params.embed.dtype)
+        # Under tensor parallelism each device allocates only its KV heads.
+        allocate = jax.jit(
+            allocate_kv_cache,
+            static_argnums=(0, 1, 2, 3),
+            out_shardings=SingleDeviceSharding(device)
+            if mesh is None
+            else NamedSharding(mesh, KV_SHARDING),
+        )
+        self.kv = allocate(cfg, num_pages, page_size, params.embed.dtype)
         # With stage_host_inputs, every step's host inputs are copied into this one buffer, which
         # the step reads (jlora.runner.host_inputs): room for the largest bucket's inputs and the
         # fed-back tokens.
@@ -290,22 +298,30 @@ class ModelRunner:
         if stage_host_inputs:
             largest = max(pack(self._padding_inputs(s))[1].size for s in buckets.all_shapes())
             staging = np.zeros(largest + buckets.decode_batch[-1], np.int32)
-            self._staging = (
-                jnp.asarray(staging)
-                if mesh is None
-                else jax.device_put(staging, NamedSharding(mesh, P()))
+            self._staging = jax.device_put(
+                staging, SingleDeviceSharding(device) if mesh is None else NamedSharding(mesh, P())
             )
 
     # ------------------------------------------------------------------ adapters
-    def load_lora(self, slot: int, adapter: LoraAdapter | None) -> None:
+    def host_adapter(self, adapter: LoraAdapter) -> SlotAdapter | LoraAdapter:
+        """``adapter`` laid out for the slots (:meth:`SlotBuffers.host_adapter`); as read when
+        LoRA is off (nothing will load it)."""
+        return adapter if self.slots is None else self.slots.host_adapter(adapter)
+
+    def load_lora(self, slot: int, adapter: SlotAdapter | LoraAdapter | None) -> None:
+        """Dispatch the load (:meth:`SlotBuffers.put`); the first step that uses the slot waits
+        for it."""
         if self.slots is None:
             raise ValueError("LoRA is off in this runner (no slot buffers): cannot load a slot")
         assert_same_everywhere(f"the load of slot {slot}", adapter and adapter.name or "")
         self.slots.put(slot, adapter)
 
-    @property
-    def _lora_layers(self) -> LoraLayers | None:
-        return None if self.slots is None else self.slots.layers
+    def _lora_layers(self, token_slot: np.ndarray | None) -> LoraLayers | None:
+        """The slot buffers for a step whose tokens read the slots ``token_slot`` (numpy, [T]):
+        the loads of those slots are written first (:meth:`SlotBuffers.layers_for`)."""
+        if self.slots is None:
+            return None
+        return self.slots.layers_for(np.unique(token_slot[token_slot >= 0]).tolist())
 
     def _lora_batch(self, token_slot: np.ndarray, on_device: bool = True) -> LoraBatch | None:
         if self.slots is None:
@@ -317,14 +333,13 @@ class ModelRunner:
         ``fed_back``, decode), copied into the staging buffer first when there is one."""
         packed, spec = pack(inputs)
         static = dict(spec=spec, cfg=self.cfg, lora_backend=self.lora_backend, mesh=self.mesh)
+        lora = self._lora_layers(None if inputs[3] is None else inputs[3].token_slot)
         if self._staging is None:
-            return (self.params, self._lora_layers, self.kv, packed, fed_back), dict(
-                static, staged_fed_back=0
-            )
+            return (self.params, lora, self.kv, packed, fed_back), dict(static, staged_fed_back=0)
         feedback = self._no_feedback if fed_back is None else fed_back
         self._staging = stage(self._staging, packed, feedback)
         width = 0 if fed_back is None else feedback.shape[0]
-        args = (self.params, self._lora_layers, self.kv, self._staging, None)
+        args = (self.params, lora, self.kv, self._staging, None)
         return args, dict(static, staged_fed_back=width)
 
     def _run(
@@ -477,7 +492,7 @@ class ModelRunner:
         out = np.asarray(
             self._score_step(
                 self.params,
-                self._lora_layers,
+                self._lora_layers(token_slot),
                 jnp.asarray(tokens),
                 jnp.asarray(positions),
                 jnp.asarray(seq_ids),
@@ -492,11 +507,9 @@ class ModelRunner:
     # ------------------------------------------------------------------ compilation
     def warmup(self) -> None:
         """Compile every prefill and decode bucket with an all-padding step (writes only trash),
-        and the one-slot adapter update (by clearing a slot that is still empty)."""
-        occupants = [] if self.slots is None else self.slots.occupant
-        empty = [s for s, name in enumerate(occupants) if name is None]
-        if empty:  # a slot already written means the update is compiled
-            self.slots.put(empty[0], None)
+        and the one-slot adapter write of every rank bucket (:meth:`SlotBuffers.warmup`)."""
+        if self.slots is not None:
+            self.slots.warmup()
         # A row that samples, so that the sampling step is compiled for each row count too.
         sampled_row = [(SamplingParams(temperature=1.0), 0, 0)]
         for shape in self.buckets.all_shapes():
@@ -543,7 +556,8 @@ class ModelRunner:
 
     @staticmethod
     def compiled_count() -> int:
-        """Compiled executables of the step functions, summed (tests check it stays flat)."""
+        """Compiled executables of the step functions and the slot write, summed (tests check it
+        stays flat)."""
         steps = (
             model_step,
             sample_step,
@@ -551,4 +565,4 @@ class ModelRunner:
             stage,
             *(f for fs in _STEP_FUNCTIONS.values() for f in fs),
         )
-        return sum(f._cache_size() for f in steps)
+        return sum(f._cache_size() for f in steps) + SlotBuffers.compiled_count()

@@ -46,7 +46,9 @@ adapter, a device slot: its own, an empty one, or one whose adapter has no runni
 adapter pool picks by ``lru``/``fifo``). A policy may **hold** a slot (:meth:`Policy.holds`,
 victim -> beneficiary): until the beneficiary runs, the victim's slot and one unit are kept for
 it, and the victim itself cannot sit down again. Adapter loads the plan needs (for admissions and
-resumes) are listed in it; the engine has the runner perform them before the step.
+resumes) are listed in it; the engine has the runner perform them before the step. With
+``prefetch``, the adapter of the first request in line that has no slot is also loaded into a free
+slot, if there is one, ahead of its turn (:meth:`Scheduler._prefetch`).
 
 Policies decide (order, marks, pauses, holds, may-admit); the scheduler applies. FCFS and the
 drainers are in :mod:`jlora.scheduler.policies`; :meth:`Scheduler.snapshot` reports the state a
@@ -84,6 +86,9 @@ class SchedulerConfig:
     context_length: int = 4096
     """Longest sequence: with ``chunked_prefill_size`` it sets the progress bound
     (:attr:`Scheduler.progress_bound`)."""
+    prefetch: bool = False
+    """Load the adapter seated next into a free slot ahead of its turn
+    (:meth:`Scheduler._prefetch`)."""
 
 
 @dataclass
@@ -103,6 +108,7 @@ class StepPlan:
     prefill: list[PrefillItem] = field(default_factory=list)
     decode: list[Request] = field(default_factory=list)
     loads: list[tuple[int, str]] = field(default_factory=list)  # (slot, adapter) to copy in first
+    prefetch: list[tuple[int, str]] = field(default_factory=list)  # (slot, adapter) ahead of turn
     preempted: list[Request] = field(default_factory=list)  # pages freed, back to waiting
     paused: list[Request] = field(default_factory=list)  # pages kept, out of the running set
     resumed: list[Request] = field(default_factory=list)  # paused -> running in this round
@@ -293,6 +299,26 @@ class Scheduler:
         if must_load:
             plan.loads.append((slot, name))
 
+    def _prefetch(self, now: float, plan: StepPlan) -> None:
+        """After the walk: the first paused or waiting request, in the policy's order, whose
+        adapter has no slot gets its adapter loaded into a free slot ahead of its turn (listed in
+        ``plan.prefetch``). Free: empty, or holding an adapter that no running, waiting or paused
+        request uses, that is not pinned and that no policy hold names. Nothing is admitted and
+        no slot unit is taken: the slot stays free for any adapter that is seated before."""
+        queue = self.paused + self.waiting
+        wanted = {r.lora_name for r in self.running} | {r.lora_name for r in queue}
+        holds = self.policy.holds()
+        keep = (wanted | self.adapters.pinned | set(holds) | set(holds.values())) - {None}
+        if all(name in keep for name in self.adapters.occupant):
+            return  # no free slot: nothing to sort the queue for
+        for req in self.policy.order(queue, now):
+            name = req.lora_name
+            if name is not None and self.adapters.slot_of(name) is None:
+                taken = self.adapters.take_slot(name, keep)
+                if taken is not None:
+                    plan.prefetch.append((taken[0], name))
+                return
+
     # ------------------------------------------------------------------ the decision
     def schedule(self, now: float) -> StepPlan:
         self._count_progress()
@@ -309,6 +335,8 @@ class Scheduler:
                 for req in pauses:
                     self._pause(req, now, plan)
             self._walk(now, plan, self.running_adapters())
+            if self.config.prefetch:
+                self._prefetch(now, plan)
         if plan.prefill:
             self.adapters.touch(
                 i.req.lora_name for i in plan.prefill if i.req.lora_name is not None

@@ -8,8 +8,9 @@ Three measurements, on a real engine that has compiled its buckets:
    every slot), so that padded and actual terms, and adapter terms, can be told apart. Timed
    round-robin (each step follows a different one, as in serving), median over repetitions. Pages
    come from the engine's page pool, distinct per sequence where the pool allows.
-2. **Adapter loads** (:func:`measure_loads`): ``load_lora`` into a slot, and reading a dummy
-   adapter into host memory, for several ranks.
+2. **Adapter loads** (:func:`measure_loads`): ``load_lora`` into a slot (the time it holds the
+   host, and the time until the slot is usable), and reading a dummy adapter into host memory
+   (which lays it out for the slots), for several ranks.
 3. **Serving** (:func:`measure_serving`): a burst of requests through the benchmark driver and the
    engine, the runner wrapped to time every step where it ran (caches as serving leaves them),
    and the host time between two steps (engine loop, scheduler, driver; not loads, not sleeps)
@@ -18,8 +19,8 @@ Three measurements, on a real engine that has compiled its buckets:
 :func:`fit_cost_model`: the device terms from the steps of (1) and (3) together, by non-negative
 least squares on relative error (the adapter terms kept only if they explain the designed mixes),
 with each measured shape's mean residual, so that sums of steps come out right; the host terms
-(``const``, ``seqs``, ``waiting``) fitted on (3) and added; the loads fitted on (2) and (3). The
-engine stays usable: its slots hold what its adapter pool says.
+(``const``, ``seqs``, ``waiting``) fitted on (3) and added; the loads' host part fitted on (2) and
+(3), their device part on (2). The engine stays usable: its slots hold what its adapter pool says.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ from jlora.sim.cost_model import (
 )
 
 MIXES = ("none", "one", "all")
+LOAD_BUILD = (
+    "asynchronous slot loads from the slot layout (issue #17): load = the host part, load_device "
+    "= from then until the slot is usable"
+)
+"""What a cost model's ``info["load_terms"]`` says of loads measured by this build (a model
+without it measured the loads before #17: blocking, the whole load in ``load``)."""
 DEVICE_FEATURES = ("const", "tokens", "attention", "kv_tokens", "seqs")
 HOST_FEATURES = ("const", "seqs", "waiting")
 
@@ -210,29 +217,52 @@ def measure_steps(engine: Engine, design: Design, timer: Timer = time.perf_count
     return samples
 
 
-def measure_loads(
-    engine: Engine, design: Design, timer: Timer = time.perf_counter
-) -> tuple[list, list]:
-    """(rank, seconds) of a slot load and of a host read, for each rank of the design."""
-    slot_loads, host_loads = [], []
+@dataclass(frozen=True)
+class LoadSamples:
+    """(rank, seconds) samples of adapter loads."""
+
+    slot: list[tuple[int, float]]
+    """The host part of a slot load (``load_lora`` returning)."""
+    device: list[tuple[int, float]]
+    """From then until the slot is usable (its buffers written and ready)."""
+    host: list[tuple[int, float]]
+    """Reading a dummy adapter into host memory (laid out for the slots)."""
+
+
+def time_slot_load(runner, slot: int, adapter, timer: Timer = time.perf_counter):
+    """(host seconds, device seconds) of one load of ``adapter`` into ``slot`` of the real runner:
+    the time ``load_lora`` holds the host, then the time until a step using the slot could start
+    (its write issued and the buffers ready)."""
+    t0 = timer()
+    runner.load_lora(slot, adapter)
+    t1 = timer()
+    jax.block_until_ready(runner.slots.layers_for([slot]))
+    return t1 - t0, timer() - t1
+
+
+def measure_loads(engine: Engine, design: Design, timer: Timer = time.perf_counter) -> LoadSamples:
+    """Slot loads (host and device part) and host reads, for each rank of the design."""
+    out = LoadSamples([], [], [])
     ranks = sorted({min(r, engine.config.max_lora_rank) for r in design.load_ranks})
+    runner = engine.runner
     for rank in ranks:
         name = f"__calibration_r{rank}"
         t = timer()
         adapter = engine._load_adapter(name, f"dummy:{rank}")
-        host_loads.append((rank, timer() - t))
+        out.host.append((rank, timer() - t))
         for _ in range(design.load_reps - 1):
             t = timer()
             engine._load_adapter(name, f"dummy:{rank}")
-            host_loads.append((rank, timer() - t))
-        seconds = _median_time(
-            lambda a=adapter: engine.runner.load_lora(0, a), design.load_reps, 1, timer
-        )
-        slot_loads.append((rank, seconds))
+            out.host.append((rank, timer() - t))
+        time_slot_load(runner, 0, adapter, timer)  # warm
+        times = [time_slot_load(runner, 0, adapter, timer) for _ in range(design.load_reps)]
+        out.slot.append((rank, statistics.median(h for h, _ in times)))
+        out.device.append((rank, statistics.median(d for _, d in times)))
     # Back to what the adapter pool says each slot holds.
     for slot, name in enumerate(engine.adapters.occupant):
         engine.runner.load_lora(slot, None if name is None else engine.adapters.get(name))
-    return slot_loads, host_loads
+    jax.block_until_ready(runner.slots.layers)
+    return out
 
 
 class _SleepCounter:
@@ -289,6 +319,9 @@ class _Recorder:
     def decode(self, seqs):
         return self._step("decode", seqs, self.inner.decode)
 
+    def host_adapter(self, adapter):
+        return self.inner.host_adapter(adapter)
+
     def load_lora(self, slot, adapter):
         t0 = self.timer()
         self.inner.load_lora(slot, adapter)
@@ -344,13 +377,13 @@ def fit_cost_model(
     design: list[Sample],
     serving: list[Sample],
     host: list[Sample],
-    slot_loads: list[tuple[int, float]],
-    host_loads: list[tuple[int, float]],
+    loads: LoadSamples,
     info: dict,
     memory: dict,
 ) -> CostModel:
     """The device terms fitted on the step samples (designed and served), the host terms fitted
-    on the host samples and added on top, the loads fitted on their own."""
+    on the host samples and added on top, the loads fitted on their own (``loads.slot`` with the
+    served loads' host times)."""
     coefs, shapes, fit = {}, {}, {}
     for kind in ("prefill", "decode"):
         mine = [s for s in design + serving if s.kind == kind]
@@ -377,15 +410,11 @@ def fit_cost_model(
         }
         coefs[kind] = {f: coef[f] + host_coef[f] for f in FEATURES}
         shapes[kind] = residual
-    load = fit_load_model(*zip(*slot_loads, strict=True))
-    host_load = fit_load_model(*zip(*host_loads, strict=True))
-    fit["load"] = {"samples": [[r, s] for r, s in slot_loads]}
-    fit["host_load"] = {"samples": [[r, s] for r, s in host_loads]}
+    fit.update(load_fit(loads))
     model = CostModel(
         prefill=coefs["prefill"],
         decode=coefs["decode"],
-        load=load,
-        host_load=host_load,
+        **load_terms(loads),
         prefill_shapes=shapes["prefill"],
         decode_shapes=shapes["decode"],
         memory=memory,
@@ -393,6 +422,24 @@ def fit_cost_model(
     )
     fit["design_samples"] = [[s.kind, *s.shape, s.seconds, model.time_of(s)] for s in design]
     return dataclasses.replace(model, info=info | {"fit": fit})
+
+
+def load_terms(loads: LoadSamples) -> dict[str, dict[str, float]]:
+    """The cost model's ``load``, ``load_device`` and ``host_load`` fitted on ``loads``."""
+    return {
+        "load": fit_load_model(*zip(*loads.slot, strict=True)),
+        "load_device": fit_load_model(*zip(*loads.device, strict=True)),
+        "host_load": fit_load_model(*zip(*loads.host, strict=True)),
+    }
+
+
+def load_fit(loads: LoadSamples) -> dict[str, dict]:
+    """The samples behind :func:`load_terms`, for the cost model's ``info["fit"]``."""
+    return {
+        "load": {"samples": [[r, s] for r, s in loads.slot]},
+        "load_device": {"samples": [[r, s] for r, s in loads.device]},
+        "host_load": {"samples": [[r, s] for r, s in loads.host]},
+    }
 
 
 def calibrate(
@@ -410,8 +457,8 @@ def calibrate(
     steps = measure_steps(engine, design, timer)
     log(f"designed steps: {len(steps)} timed in {time.perf_counter() - t0:.1f} s")
     t1 = time.perf_counter()
-    slot_loads, host_loads = measure_loads(engine, design, timer)
-    log(f"loads: {len(slot_loads)} ranks timed in {time.perf_counter() - t1:.1f} s")
+    loads = measure_loads(engine, design, timer)
+    log(f"loads: {len(loads.slot)} ranks timed in {time.perf_counter() - t1:.1f} s")
     t2 = time.perf_counter()
     served, host, served_loads = measure_serving(engine, design, timer)
     log(f"serving: {len(served)} steps timed in {time.perf_counter() - t2:.1f} s")
@@ -441,6 +488,8 @@ def calibrate(
             "kv_pages": engine.pages.num_pages,
         },
         "calibration_seconds": round(time.perf_counter() - t0, 1),
+        "load_terms": LOAD_BUILD,
     }
     memory = {"bytes_limit": stats["bytes_limit"]} if "bytes_limit" in stats else {}
-    return fit_cost_model(steps, served, host, slot_loads + served_loads, host_loads, info, memory)
+    loads = dataclasses.replace(loads, slot=loads.slot + served_loads)
+    return fit_cost_model(steps, served, host, loads, info, memory)

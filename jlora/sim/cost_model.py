@@ -27,14 +27,17 @@ feature           prefill                                    decode
                   them)
 ================  =========================================  ==================================
 
-Putting an adapter into a device slot costs ``load.const + load.rank * r``; reading an adapter into
-host memory again after the host cache dropped it (``max_loaded_loras``) costs ``host_load.const +
-host_load.rank * r``. The coefficients are fitted by non-negative least squares on relative error
-(:func:`fit_nonneg`) from steps the real engine ran (:mod:`jlora.sim.calibrate`,
-``experiments/calibrate_costs.py``). Which features matter depends on the LoRA backend: the
-``xla`` reference reads every slot whatever the batch holds, so it gets no adapter terms, and its
-slot cost sits in the other terms at the calibrated ``max_loras_per_batch`` and ``max_lora_rank``
-(a simulation with other values reuses those step times, with a warning).
+Putting an adapter into a device slot holds the host loop for ``load.const + load.rank * r``; the
+slot is usable ``load_device.const + load_device.rank * r`` later (the transfer and the write, off
+the host loop: a step that uses the slot starts no earlier, the others are not delayed). A cost
+model from before loads were asynchronous has no ``load_device`` (0: its ``load`` is the whole,
+blocking load). Reading an adapter into host memory again after the host cache dropped it
+(``max_loaded_loras``) costs ``host_load.const + host_load.rank * r``. The coefficients are fitted
+by non-negative least squares on relative error (:func:`fit_nonneg`) from steps the real engine ran
+(:mod:`jlora.sim.calibrate`, ``experiments/calibrate_costs.py``). Which features matter depends on
+the LoRA backend: the ``xla`` reference reads every slot whatever the batch holds, so it gets no
+adapter terms, and its slot cost sits in the other terms at the calibrated ``max_loras_per_batch``
+and ``max_lora_rank`` (a simulation with other values reuses those step times, with a warning).
 """
 
 from __future__ import annotations
@@ -138,7 +141,10 @@ class CostModel:
     prefill: Mapping[str, float]
     decode: Mapping[str, float]
     load: Mapping[str, float]
+    """Host time of a slot load (the host loop is held for it)."""
     host_load: Mapping[str, float] = field(default_factory=lambda: {"const": 0.0, "rank": 0.0})
+    load_device: Mapping[str, float] = field(default_factory=lambda: {"const": 0.0, "rank": 0.0})
+    """Time from the end of a load's host part until the slot is usable (transfer and write)."""
     prefill_shapes: Mapping[Shape, float] = field(default_factory=dict)
     """Residual seconds of the linear form at each prefill shape ``(T, C)`` measured."""
     decode_shapes: Mapping[Shape, float] = field(default_factory=dict)
@@ -154,6 +160,7 @@ class CostModel:
             ("decode", self.decode, FEATURES),
             ("load", self.load, LOAD_FEATURES),
             ("host_load", self.host_load, LOAD_FEATURES),
+            ("load_device", self.load_device, LOAD_FEATURES),
         ):
             unknown = set(coef) - set(names)
             if unknown:
@@ -199,8 +206,14 @@ class CostModel:
         return self._time(coef, sample.features, shapes.get(sample.shape, 0.0))
 
     def load_time(self, rank: int) -> float:
-        """Seconds to put an adapter of rank ``rank`` (0: clear the slot) into a device slot."""
+        """Seconds a slot load of an adapter of rank ``rank`` (0: clear the slot) holds the host."""
         return max(0.0, self.load.get("const", 0.0) + self.load.get("rank", 0.0) * rank)
+
+    def load_device_time(self, rank: int) -> float:
+        """Seconds from the end of a load's host part until the slot is usable."""
+        return max(
+            0.0, self.load_device.get("const", 0.0) + self.load_device.get("rank", 0.0) * rank
+        )
 
     def host_load_time(self, rank: int) -> float:
         """Seconds to read an adapter of rank ``rank`` into host memory again."""
@@ -215,6 +228,7 @@ class CostModel:
             "decode": dict(self.decode),
             "load": dict(self.load),
             "host_load": dict(self.host_load),
+            "load_device": dict(self.load_device),
             "prefill_shapes": [[t, c, s] for (t, c), s in sorted(self.prefill_shapes.items())],
             "decode_shapes": [[b, p, s] for (b, p), s in sorted(self.decode_shapes.items())],
             "memory": dict(self.memory),
@@ -237,6 +251,7 @@ class CostModel:
                 "decode",
                 "load",
                 "host_load",
+                "load_device",
                 "prefill_shapes",
                 "decode_shapes",
                 "memory",
@@ -246,6 +261,7 @@ class CostModel:
                 decode=data["decode"],
                 load=data["load"],
                 host_load=data.get("host_load", {}),
+                load_device=data.get("load_device", {}),
                 prefill_shapes={(int(t), int(c)): float(s) for t, c, s in data["prefill_shapes"]},
                 decode_shapes={(int(b), int(p)): float(s) for b, p, s in data["decode_shapes"]},
                 memory=data.get("memory", {}),

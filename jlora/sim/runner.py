@@ -1,6 +1,10 @@
 """The simulator's runner: no model, no device; each step moves a virtual clock by what the cost
 model says the real step would take, and returns deterministic tokens.
 
+A slot load moves the clock by its host part only (``CostModel.load_time``); the slot is usable
+``CostModel.load_device_time`` later, and a step that uses it starts no earlier (the wait is
+charged as ``load_wait``). Steps that do not use it are not delayed.
+
 It implements :class:`~jlora.runner.base.Runner`, so the engine, scheduler, drainer, adapter pool
 and page accounting above it are the real ones. Sampled tokens are ``token_fn(rid, index)`` (by
 default never an end-of-sequence id of the presets: requests run to ``max_new_tokens``).
@@ -14,13 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jlora.adapters.peft import LoraAdapter
+from jlora.adapters.pool import HostAdapter
 from jlora.clock import FakeClock
 from jlora.runner.base import DecodeSeq, PrefillSeq
 from jlora.runner.buckets import ShapeBuckets
 from jlora.runner.fake import scripted_token
 from jlora.sim.cost_model import CostModel, StepLayout
 
-KINDS = ("prefill", "decode", "load", "host_load")
+KINDS = ("prefill", "decode", "load", "load_wait", "host_load")
 
 
 sim_token = scripted_token
@@ -41,11 +46,24 @@ class SimRunner:
     """How many requests wait (the scheduler's host work grows with them); set by the engine
     builder once the scheduler exists."""
     busy: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
-    """Virtual seconds spent per kind of work (``host_load``: adapters read again from disk)."""
+    """Virtual seconds spent per kind of work (``load``: the host part of slot loads; ``load_wait``:
+    steps waiting for a slot's load to land; ``host_load``: adapters read again from disk)."""
     steps: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
 
     def __post_init__(self) -> None:
         self.layout = StepLayout(self.buckets, self.page_size, [0] * self.num_slots)
+        self.slot_ready = [0.0] * self.num_slots
+        """When each slot's last load lands (virtual seconds)."""
+        self._landing = 0.0  # when the last load in flight lands
+
+    def _wait_for_slots(self, seqs) -> None:
+        """Move the clock to when the loads of the slots the step's ``seqs`` use have landed."""
+        if self._landing <= self.clock.now():  # (most steps: no load in flight)
+            return
+        ready = max([self.slot_ready[s.lora_slot] for s in seqs if s.lora_slot >= 0], default=0.0)
+        wait = ready - self.clock.now()
+        if wait > 0:
+            self._spend("load_wait", wait)
 
     def prefill(self, seqs: list[PrefillSeq]) -> list[int | None]:
         if len(seqs) > self.buckets.prefill_rows:
@@ -54,19 +72,26 @@ class SimRunner:
             )
         if sum(1 for s in seqs if s.start > 0) > 1:
             raise ValueError("a prefill step may continue at most one chunked sequence")
+        self._wait_for_slots(seqs)
         self._spend("prefill", self.cost.prefill_time(seqs, self.layout, self.waiting()))
         return [self.token_fn(s.rid, s.out_index) if s.sample else None for s in seqs]
 
     def decode(self, seqs: list[DecodeSeq]) -> list[int]:
+        self._wait_for_slots(seqs)
         self._spend("decode", self.cost.decode_time(seqs, self.layout, self.waiting()))
         return [self.token_fn(s.rid, s.out_index) for s in seqs]
 
-    def load_lora(self, slot: int, adapter: LoraAdapter | None) -> None:
+    def host_adapter(self, adapter: LoraAdapter) -> LoraAdapter:
+        return adapter
+
+    def load_lora(self, slot: int, adapter: HostAdapter | None) -> None:
         if not 0 <= slot < self.num_slots:
             raise ValueError(f"slot={slot} outside [0, {self.num_slots})")
         rank = 0 if adapter is None else adapter.rank
         self.layout.slot_rank[slot] = rank
         self._spend("load", self.cost.load_time(rank))
+        self.slot_ready[slot] = self.clock.now() + self.cost.load_device_time(rank)
+        self._landing = max(self._landing, self.slot_ready[slot])
 
     def _spend(self, kind: str, seconds: float) -> None:
         self.clock.advance(seconds)
