@@ -396,10 +396,13 @@ class Scheduler:
 
     def _count_progress(self) -> None:
         """Count the last plan: a decode step gives each of its requests a token, a prefill step
-        each request whose prompt it completes; a prefill of chunks only gives none."""
+        each request whose prompt it completes; a prefill of chunks only, or an idle round while
+        requests wait, gives none."""
         if self._gives_token:
             self.steps_without_progress = 0
-        elif self.last_plan.kind == "prefill":
+        elif self.last_plan.kind == "prefill" or self.has_work():
+            # An idle plan while requests wait or are paused is a round without progress too
+            # (e.g. holds that no beneficiary can take); one with nothing to do is not.
             self.steps_without_progress += 1
 
     def _decided_decode(self, plan: StepPlan) -> StepPlan:
