@@ -83,7 +83,7 @@ def kv_capacity_pages(config: EngineConfig, model: ModelConfig, context: int) ->
     if config.max_total_tokens is not None:
         return -(-config.max_total_tokens // config.page_size) + 1
     per_page = kv_bytes_per_page(model, config.page_size, DTYPES[config.dtype]) // config.tp_size
-    stats = jax.local_devices()[0].memory_stats() or {}
+    stats = device_memory_stats()
     if "bytes_limit" in stats:
         budget = stats["bytes_limit"] * config.mem_fraction_static - stats.get("bytes_in_use", 0)
         pages = int(budget) // per_page
@@ -95,6 +95,12 @@ def kv_capacity_pages(config: EngineConfig, model: ModelConfig, context: int) ->
             )
         return pages
     return 64 * -(-context // config.page_size) + 1  # CPU: room for 64 full contexts
+
+
+def device_memory_stats() -> dict:
+    """The first local device's memory statistics (``bytes_limit``, ``bytes_in_use``; a CPU has
+    none)."""
+    return jax.local_devices()[0].memory_stats() or {}
 
 
 class Engine:
@@ -133,7 +139,14 @@ class Engine:
                     config.dtype,
                     mesh,
                 )
-        num_pages = kv_capacity_pages(config, self.model_config, self.context_length)
+        if getattr(runner, "num_pages", None) is not None:
+            # A runner taken over from an engine that is done (the benchmark's settings that
+            # differ only in scheduling): its KV cache is ours, already counted in the memory
+            # in use, so it is not sized again. The new page pool starts empty: what the cache
+            # held is never read.
+            num_pages = runner.num_pages
+        else:
+            num_pages = kv_capacity_pages(config, self.model_config, self.context_length)
         self.pages = PagePool(num_pages, config.page_size)
         self.adapters = AdapterPool(
             adapter_loader or self._load_adapter,

@@ -5,17 +5,24 @@ touches with an ``error`` output, frees what they held, and the engine goes on."
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
 import shutil
+import weakref
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jlora import Engine, EngineConfig, SamplingParams
 from jlora.adapters import AdapterError, load_peft_adapter, random_adapter, save_peft_adapter
+from jlora.bench import cli
+from jlora.bench.config import BenchConfig
 from jlora.kernels.lora_xla import lora_group_ref
 from jlora.kernels.types import LoraGroup, make_lora_batch
+from jlora.runner.kv_cache import kv_bytes_per_page
 from jlora.scheduler.request import Status
 from models.presets import get_preset
 
@@ -278,3 +285,61 @@ def test_generate_and_stream_keep_other_requests_outputs(engine, how):
     returned = [o.rid for o in engine.step()] + [o.rid for o in _drain(engine)]
     assert sorted(returned) == sorted(others)  # each exactly once, and not the caller's own
     assert engine.step() == []
+
+
+# ---------------------------------------------------------------- finding 10: --compare memory
+def _live_bytes() -> int:
+    gc.collect()
+    return sum(a.nbytes for a in jax.live_arrays())
+
+
+def test_compare_settings_share_one_runner_and_free_device_memory(monkeypatch):
+    # A GPU's accounting on the CPU: the memory in use is the live arrays, the limit leaves room
+    # for one KV cache of the size below and not for two (what failed on the H100).
+    config = _config(lora_paths={"a": "dummy:4", "b": "dummy:4"}, max_loras_per_batch=1)
+    config = dataclasses.replace(config, mem_fraction_static=0.5)
+    base = _live_bytes()
+    probe = Engine(dataclasses.replace(config, max_total_tokens=64))
+    weights = _live_bytes() - base - probe.runner.kv.k.nbytes - probe.runner.kv.v.nbytes
+    del probe
+    kv = 100 * kv_bytes_per_page(TINY, config.page_size, np.float32)  # ~100 pages: not 2 caches
+    limit = 2 * (weights + kv)
+    monkeypatch.setattr(
+        "jlora.engine.device_memory_stats",
+        lambda: {"bytes_limit": limit, "bytes_in_use": _live_bytes()},
+    )
+    settings = (
+        "off",
+        "sglang:lora_drain_wait_threshold=0.01,lora_drain_policy=sglang",
+        "preempt:lora_drain_wait_threshold=0.01,lora_drain_policy=preempt",
+        "fewer:max_running_requests=2",  # not scheduling only: a runner of its own
+        "fifo:max_running_requests=2,lora_eviction_policy=fifo",
+    )
+    bench = BenchConfig(
+        num_prompts=6, random_input_len=8, random_output_len=3, disable_tqdm=True, compare=settings
+    )
+    reused, pages, live_before = [], [], []
+    make = cli.make_engine
+    last = [lambda: None]  # a weak reference to the last runner built (holding it would keep it)
+
+    def spy(cfg, b, runners=None):
+        live_before.append(_live_bytes())
+        engine = make(cfg, b, runners)
+        reused.append(last[0]() is engine.runner)
+        pages.append(engine.pages.capacity)
+        last[0] = weakref.ref(engine.runner)
+        return engine
+
+    monkeypatch.setattr(cli, "make_engine", spy)
+    out = cli.run_bench(config, bench, quiet=True)
+    assert len(out["results"]) == 5
+    assert reused == [False, True, True, False, True]
+    assert len(set(pages)) == 1  # the shared KV cache is not sized again (nor a second made)
+    one_runner = live_before[1] - base
+    assert one_runner > 0
+    # Before each setting: nothing but the runner it may take over (when a setting needs a runner
+    # of its own, the old one is freed before the new one is built); after the comparison,
+    # nothing at all.
+    assert live_before[:4] == [base] + [base + one_runner] * 3
+    assert live_before[4] - base == pytest.approx(one_runner, rel=0.01)
+    assert last[0]() is None and _live_bytes() == base
