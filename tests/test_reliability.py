@@ -25,6 +25,7 @@ from jlora.kernels.types import LoraGroup, make_lora_batch
 from jlora.runner.kv_cache import kv_bytes_per_page
 from jlora.scheduler.request import Status
 from models.presets import get_preset
+from tests.tp_worker import run_workers
 
 TINY = get_preset("tiny")
 GREEDY = SamplingParams(max_new_tokens=6, ignore_eos=True)
@@ -343,3 +344,22 @@ def test_compare_settings_share_one_runner_and_free_device_memory(monkeypatch):
     assert live_before[:4] == [base] + [base + one_runner] * 3
     assert live_before[4] - base == pytest.approx(one_runner, rel=0.01)
     assert last[0]() is None and _live_bytes() == base
+
+
+# ---------------------------------------------------------------- finding 9: vocabulary under TP
+def test_tp_pads_a_vocabulary_it_does_not_divide(tmp_path):
+    (got,) = run_workers("odd_vocab", tmp_path)
+    assert sorted(got) == ["ckpt/tp2", "dummy/tp1", "dummy/tp4"]
+    ref = got["dummy/tp1"]
+    assert ref["vocab"] == 257 and ref["adapter_effect"] > 0.1
+    for key, res in got.items():
+        tp = int(key[-1])
+        assert res["vocab"] == 257, key  # the padded logits are never scored
+        assert res["lm_head_local"] == [64, -(-257 // tp)], key  # 129 at tp 2, 65 at tp 4
+        assert res["tokens"] == ref["tokens"], key  # greedy and seeded: the padding never sampled
+        diff = max(
+            float(np.abs(np.asarray(a) - np.asarray(b)).max())
+            for a, b in zip(res["scores"], ref["scores"], strict=True)
+        )
+        assert diff < 1e-5, key
+        assert res["added_token_logit"] == pytest.approx(ref["added_token_logit"], abs=1e-5)
