@@ -538,6 +538,20 @@ class Engine:
             self.scheduler.finish(req)
         return RequestOutput.of(req)
 
+    def release(self, rid: int) -> None:
+        """Forget a finished request whose output the caller has: a server that runs for good
+        calls it so that the engine's memory stays flat (``requests`` otherwise keeps every
+        request). Refused for an unfinished one."""
+        req = self.requests.get(rid) if isinstance(rid, int | np.integer) else None
+        if req is None:
+            raise ValueError(f"unknown request id {rid!r}")
+        if req.status is not Status.FINISHED:
+            raise ValueError(
+                f"request {rid} is {req.status.value}: only a finished one is released"
+            )
+        del self.requests[rid]
+        self._seeds.pop(rid, None)
+
     # ------------------------------------------------------------------ conveniences
     def generate(
         self,
