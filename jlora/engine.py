@@ -612,22 +612,24 @@ class Engine:
     def _check_prompt(self, prompt, what: str) -> np.ndarray:
         if isinstance(prompt, str | bytes):
             raise ArgumentTypeError(
-                f"{what}={_short(prompt)} must be a list of token ids, not text"
+                f"{what} must be a list of token ids, not text (got {_short(prompt)})"
             )
         try:
             ids = np.asarray(prompt)
         except (TypeError, ValueError) as e:  # ragged nesting
             raise ArgumentTypeError(
-                f"{what}={_short(prompt)} is not a flat list of token ids ({e})"
+                f"{what} is not a flat list of token ids (got {_short(prompt)}: {e})"
             ) from e
         if ids.ndim != 1 or ids.size == 0:
-            raise ValueError(f"{what}={_short(prompt)} is empty or not a flat list of token ids")
+            raise ValueError(
+                f"{what} is empty or not a flat list of token ids (got {_short(prompt)})"
+            )
         if not np.issubdtype(ids.dtype, np.integer):
             items = ids.tolist() if isinstance(prompt, np.ndarray) else list(prompt)
             for i, x in enumerate(items):
                 if isinstance(x, bool) or not isinstance(x, int | np.integer):
                     raise ArgumentTypeError(
-                        f"{what}={_short(prompt)} holds the non-integer value {x!r} at index {i} "
+                        f"{what} holds the non-integer value {x!r} at index {i} "
                         f"({type(x).__name__}); token ids are integers"
                     )
             # Python ints too large for any integer dtype: compare them before converting.

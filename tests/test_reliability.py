@@ -166,9 +166,9 @@ BAD_REQUESTS = [
     (dict(arrival_time=True), TypeError, "arrival_time=True"),
     (dict(prompt_ids=[1.5, 2]), TypeError, "non-integer value 1.5 at index 0"),
     (dict(prompt_ids=[1, "a"]), TypeError, "non-integer value 'a' at index 1"),
-    (dict(prompt_ids=[[1, 2], [3]]), TypeError, r"prompt=\[\[1, 2\], \[3\]\] is not a flat"),
+    (dict(prompt_ids=[[1, 2], [3]]), TypeError, r"not a flat list of token ids \(got \[\[1, 2\],"),
     (dict(prompt_ids=[1, 2**70]), ValueError, f"token id {2**70} outside"),
-    (dict(prompt_ids="abc"), TypeError, "prompt='abc' must be a list of token ids, not text"),
+    (dict(prompt_ids="abc"), TypeError, r"not text \(got 'abc'\)"),
     (dict(lora_name=["a"]), TypeError, r"lora_name=\['a'\] must be an adapter name"),
     (dict(lora_name=3), TypeError, "lora_name=3 must be an adapter name"),
     (dict(params={"max_new_tokens": 2}), TypeError, "params=.* must be SamplingParams"),
@@ -304,7 +304,7 @@ def test_compare_settings_share_one_runner_and_free_device_memory(monkeypatch):
     weights = _live_bytes() - base - probe.runner.kv.k.nbytes - probe.runner.kv.v.nbytes
     del probe
     kv = 100 * kv_bytes_per_page(TINY, config.page_size, np.float32)  # ~100 pages: not 2 caches
-    limit = 2 * (weights + kv)
+    limit = 2 * (base + weights + kv)  # base: what other tests keep alive
     monkeypatch.setattr(
         "jlora.engine.device_memory_stats",
         lambda: {"bytes_limit": limit, "bytes_in_use": _live_bytes()},
