@@ -577,7 +577,9 @@ class Fuzzer:
 
         def __enter__(self):
             f, engine = self.fuzzer, self.fuzzer.engine
-            inner = engine._step
+            # The step generate() and stream() run (``_step``; ``step`` in an engine before #19).
+            self.method = "_step" if hasattr(engine, "_step") else "step"
+            inner = getattr(engine, self.method)
 
             def counted():  # generate() and stream() step the engine themselves
                 f.clock.advance(0.005)
@@ -585,11 +587,11 @@ class Fuzzer:
                 f._progress()
                 return outs
 
-            engine._step = counted
+            setattr(engine, self.method, counted)
             return self
 
         def __exit__(self, *exc):
-            del self.fuzzer.engine._step  # the method again
+            delattr(self.fuzzer.engine, self.method)  # the method again
             return False
 
     def _watchdog(self):
