@@ -15,6 +15,13 @@ dispatched (:meth:`Engine.step`). The runner and the clock are injected, so the 
 real model, a fake runner in tests, or the simulator. The scheduling policy is built from
 ``lora_drain_wait_threshold`` / ``lora_drain_policy`` unless one is passed (``policy=``);
 ``engine.last_state`` is the scheduler's state at the last decision.
+
+Bad input is refused where it enters (``add_request``, ``SamplingParams``, ``abort``, ``score``,
+adapter loads): ``ValueError``, or :class:`~jlora.sampling.ArgumentTypeError` (a ``TypeError`` that
+is a ``ValueError`` too) for a wrong type, naming the field and the value, before any state
+changes. A failure inside a step (an adapter that cannot be read again, a runner error) ends the
+requests it touches with finish reason ``error`` and the message, frees their pages and slot, and
+the engine goes on serving; no request is ever left in no queue.
 """
 
 from __future__ import annotations
