@@ -170,6 +170,7 @@ class Engine:
                 chunked_prefill_size=config.chunked_prefill_size or config.max_prefill_tokens,
                 max_prefill_seqs=self.buckets.prefill_rows,
                 base_uses_slot=config.base_model_uses_slot,
+                context_length=self.context_length,
             ),
             self.pages,
             self.adapters,
@@ -203,6 +204,7 @@ class Engine:
         # Overlap scheduling: the dispatched decode step whose tokens the host has not read yet.
         self._overlap = config.overlap_schedule and getattr(runner, "supports_overlap", False)
         self._in_flight: tuple[list[Request], LaunchedDecode] | None = None
+        self._last_resolved: float | None = None  # when the previous overlapped step's tokens came
         self.num_lookahead_steps = 0
         """Decode steps dispatched before the host had the previous step's tokens."""
         self._state: SchedulerState | None = None
@@ -360,6 +362,7 @@ class Engine:
             return self._resolve(reqs, launched)
         finished = self._resolve(reqs, launched)
         self._in_flight = None
+        self._last_resolved = None
         if not self.scheduler.has_work():
             return finished
         return finished + self._step_once()
@@ -377,6 +380,9 @@ class Engine:
         except Exception as e:
             return self._fail(reqs, e)
         now = self.clock.now()
+        if self._last_resolved is not None:  # back to back: one step's time between the two
+            self.scheduler.observe_step("decode", now - self._last_resolved)
+        self._last_resolved = now
         running = Status.RUNNING
         return self._append(
             [(r, t) for r, t in zip(reqs, tokens, strict=True) if r.status is running], now
@@ -396,6 +402,10 @@ class Engine:
                 self._empty_slot(slot, name)
                 users = [r for r in self.scheduler.running if r.lora_name == name]
                 failed += self._fail(users, e)
+                continue
+            loaded = self.clock.now()
+            self.scheduler.observe_load(loaded - now)
+            now = loaded
         if failed:
             gone = {o.rid for o in failed}
             plan.prefill[:] = [i for i in plan.prefill if i.req.rid not in gone]
@@ -424,7 +434,9 @@ class Engine:
             tokens = self.runner.decode(seqs)
         except Exception as e:
             return failed + self._fail(plan.decode, e)
-        return failed + self._append(zip(plan.decode, tokens, strict=True), self.clock.now())
+        end = self.clock.now()
+        self.scheduler.observe_step("decode", end - now)
+        return failed + self._append(zip(plan.decode, tokens, strict=True), end)
 
     def _fail(self, reqs: Iterable[Request], error: Exception) -> list[RequestOutput]:
         """End ``reqs`` (those not finished yet) with finish reason ``error`` and the message;

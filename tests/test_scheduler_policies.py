@@ -5,6 +5,7 @@ settings, and the per-step state."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -246,15 +247,49 @@ def test_preempt_counts_paused_requests_as_waiting():
     assert plan.resumed == [a] and [r.lora_name for r in plan.paused] == ["b"]
 
 
-def test_preempt_recomputes_a_victim_in_the_middle_of_a_chunked_prefill():
+def test_preempt_lets_a_victim_finish_its_chunked_prefill_then_pauses_it():
+    # Recomputing it would throw its chunks away, and a victim caught mid-prefill again and again
+    # never produced a token (the livelock of issue #19): it finishes its prefill, then is paused.
     drainer = PreemptDrainer(THRESHOLD)
     sched = _sched(drainer, slots=1)
     chunked = _running(sched, "a", remaining=5, generated=0)
     chunked.num_computed = 2  # of its 4 prompt tokens
+    b = _waiting(sched, "b", since=0.0)
+    plan = sched.schedule(now=2.0)
+    assert not plan.preempted and not plan.paused and drainer.draining() == {"a": "b"}
+    assert [i.req for i in plan.prefill] == [chunked]  # b's slot is held until a has drained
+    assert not drainer.may_admit(sched, _request("a", 4, since=2.0), 2.0)  # a admits nothing new
+    _run_prefill(plan)
+    plan = sched.schedule(now=2.1)
+    assert plan.paused == [chunked] and chunked.pages and chunked.num_preemptions == 0
+    assert [i.req for i in plan.prefill] == [b]
+
+
+def test_preempt_keeps_a_victim_seated_for_its_residency():
+    drainer = PreemptDrainer(THRESHOLD)
+    sched = _sched(drainer, slots=1)
+    a = _waiting(sched, "a", since=0.0)
+    _run_prefill(sched.schedule(now=0.0))  # a sits down at 0.0
+    _waiting(sched, "b", since=0.0)
+    sched.observe_load(0.1)  # residency = max(T, 20 loads) = 2 s
+    assert drainer.residency(sched) == pytest.approx(2.0)
+    plan = sched.schedule(now=1.5)  # b is past the threshold, a within its residency
+    assert not plan.paused and a.status == Status.RUNNING and drainer.draining() == {}
+    plan = sched.schedule(now=2.0)
+    assert plan.paused == [a]
+
+
+def test_preempt_pauses_nobody_under_overload():
+    # A request of a running adapter has waited past the threshold for the batch, not for a slot:
+    # freeing slots would add no capacity.
+    drainer = PreemptDrainer(THRESHOLD)
+    sched = _sched(drainer, slots=1)
+    sched.config = dataclasses.replace(sched.config, max_running_requests=1)
+    _running(sched, "a", remaining=50)
+    _waiting(sched, "a", since=0.0)
     _waiting(sched, "b", since=0.0)
     plan = sched.schedule(now=2.0)
-    assert plan.preempted == [chunked] and not plan.paused
-    assert chunked.status == Status.WAITING and chunked.pages == [] and chunked.num_computed == 0
+    assert drainer.overloaded and not plan.paused and drainer.draining() == {}
 
 
 # ---------------------------------------------------------------- settings

@@ -23,7 +23,7 @@ from jlora.bench.metrics import compute_metrics, per_adapter_ttft
 from jlora.bench.plots import plot_slot_timeline, plot_ttft_cdf, plot_ttft_per_adapter
 from jlora.bench.report import format_block, format_compare, format_per_adapter
 from jlora.bench.trace import ProfileSteps, SlotTimeline, TensorBoardTrace
-from jlora.bench.workload import WorkloadRequest, make_random_workload
+from jlora.bench.workload import WorkloadRequest, build_workload
 from jlora.config import EngineConfig
 from jlora.flags import add_dataclass_flags, dataclass_from_args
 
@@ -147,17 +147,11 @@ def run_bench(
             raise ValueError(
                 f"--lora-name {n!r} is not among --lora-paths ({', '.join(config.lora_paths)})"
             )
-    workload: list[WorkloadRequest] = make_random_workload(
-        num_prompts=bench.num_prompts,
-        request_rate=bench.request_rate,
-        input_len=bench.random_input_len,
-        output_len=bench.random_output_len,
-        range_ratio=bench.random_range_ratio,
+    workload: list[WorkloadRequest] = build_workload(
+        bench,
         vocab_size=model.vocab_size,
         lora_names=names,
-        distribution=bench.lora_request_distribution,
-        zipf_alpha=bench.lora_zipf_alpha,
-        seed=bench.seed,
+        context_length=config.resolved_context_length(model),
     )
     results: dict[str, RunResult] = {}
     metrics: dict[str, dict] = {}

@@ -3,7 +3,10 @@ are SGLang ``bench_serving``'s."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from jlora.bench.workload import DATASETS, adapter_mix
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -16,11 +19,24 @@ class BenchConfig:
     sim_cost_model: str | None = None
     """Cost-model JSON for ``--backend sim`` (default: the shipped one of the model preset)."""
     dataset_name: str = "random"
-    """Only ``random``: token ids uniform over the vocabulary."""
+    """``random``: token ids uniform over the vocabulary, lengths and arrivals drawn; ``trace``:
+    arrivals and lengths replayed from the CSV at ``--dataset-path``, token ids drawn."""
+    dataset_path: str | None = None
+    """The trace CSV of ``--dataset-name trace``, with a header: ``TIMESTAMP`` (ISO date-time or
+    seconds), ``ContextTokens``, ``GeneratedTokens`` (the Azure LLM inference trace's columns; or
+    ``arrival_s``, ``input_len``, ``output_len``) and optionally ``adapter`` (when absent or empty,
+    drawn by ``--lora-request-distribution``). Arrivals count from the first row's; lengths are
+    clipped to the context. E.g. the shipped ``jlora/bench/data/azure_synthetic_trace.csv``."""
+    trace_time_scale: float = 1.0
+    """The trace's arrival times are multiplied by this: 0.5 replays it at twice its rate."""
     num_prompts: int = 1000
     """Requests in the workload."""
     request_rate: float = float("inf")
-    """Poisson arrival rate in requests/s; ``inf`` sends all at once."""
+    """Arrival rate in requests/s (Poisson unless ``--burstiness``); ``inf`` sends all at once."""
+    burstiness: float = 1.0
+    """Shape of the gamma law of the gaps between arrivals, whose mean stays ``1 / rate``
+    (SGLang's flag): 1.0 is Poisson, below 1 burstier (the gaps' coefficient of variation is
+    ``1 / sqrt(burstiness)``), above 1 more regular."""
     random_input_len: int = 1024
     """Largest prompt length."""
     random_output_len: int = 1024
@@ -30,9 +46,22 @@ class BenchConfig:
     lora_name: tuple[str, ...] = ()
     """Adapters the requests use (default: every adapter of ``--lora-paths``)."""
     lora_request_distribution: str = "uniform"
-    """How requests pick adapters: ``uniform``, ``distinct`` (round-robin), ``skewed`` (Zipf)."""
+    """How requests pick adapters: ``uniform``, ``distinct`` (round-robin), ``skewed`` (Zipf: the
+    k-th adapter weighs ``1 / k**alpha``) or ``power`` (S-LoRA's power law: adapter ``floor(n *
+    X)``, ``X ~ np.random.power(alpha)``). The first adapters are the hot ones."""
     lora_zipf_alpha: float = 1.5
     """Exponent of the ``skewed`` distribution."""
+    lora_power_alpha: float = 0.5
+    """Exponent of the ``power`` distribution: below 1 skewed toward the first adapters (the
+    smaller, the more), 1 uniform."""
+    lora_on_mean_s: float = 0.0
+    """On/off bursts per adapter: the mean of its on periods in seconds (exponential; 0: every
+    adapter always on). Requests go only to the adapters on at their arrival."""
+    lora_off_mean_s: float = 0.0
+    """The mean of each adapter's off periods in seconds (needed with ``--lora-on-mean-s``)."""
+    lora_shift_at: float | None = None
+    """A popularity shift: from this fraction of the requests on (in arrival order, in [0, 1]) the
+    adapters' weights are reversed, the hottest becoming the coldest (default: no shift)."""
     seed: int = 1
     """Seed of the workload."""
     compare: tuple[str, ...] = ()
@@ -54,8 +83,24 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.backend not in ("engine", "sim"):
             raise ValueError(f"backend={self.backend!r} is not one of engine, sim")
-        if self.dataset_name != "random":
-            raise ValueError(f"dataset_name={self.dataset_name!r} is not supported (only random)")
+        if self.dataset_name not in DATASETS:
+            raise ValueError(
+                f"dataset_name={self.dataset_name!r} is not one of {', '.join(DATASETS)}"
+            )
+        if (self.dataset_name == "trace") != (self.dataset_path is not None):
+            raise ValueError(
+                f"dataset_path={self.dataset_path!r} goes with dataset_name='trace' (and only "
+                f"with it; dataset_name={self.dataset_name!r})"
+            )
+        if self.num_prompts < 1:
+            raise ValueError(f"num_prompts={self.num_prompts} must be at least 1")
+        if not self.request_rate > 0:
+            raise ValueError(f"request_rate={self.request_rate} must be positive (or inf)")
+        for name in ("burstiness", "trace_time_scale"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"{name}={v} must be a positive finite number")
+        adapter_mix(self)  # the adapter fields, each checked by name
         if self.profile_steps is not None:
             parse_step_range(self.profile_steps)
 

@@ -53,6 +53,7 @@ P99 E2E 34 s against 100 s off (at 0.1 s: 71 ms / 0.19 s, with twice the slot lo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
     from jlora.config import EngineConfig
     from jlora.scheduler.scheduler import Adapter, Policy, Scheduler
 
-DRAIN_POLICIES = ("sglang", "reserve", "preempt")
+DRAIN_POLICIES = ("sglang", "reserve", "preempt", "fair")
 DRAIN_TOLERANCE = 1.2
 """A draining adapter still admits a request whose ``max_new_tokens`` is at most this times its
 largest remaining budget (it will not lengthen the drain much). SGLang's constant."""
@@ -74,7 +75,12 @@ def make_policy(config: EngineConfig) -> Policy:
     threshold = config.lora_drain_wait_threshold
     if threshold == 0:
         return FCFS()
-    cls = {"sglang": SGLangDrainer, "reserve": ReserveDrainer, "preempt": PreemptDrainer}
+    cls = {
+        "sglang": SGLangDrainer,
+        "reserve": ReserveDrainer,
+        "preempt": PreemptDrainer,
+        "fair": FairDrainer,
+    }
     return cls[config.lora_drain_policy](threshold)
 
 
@@ -132,6 +138,19 @@ def adapter_stats(
         s = stats.setdefault(r.lora_name, AdapterStats())
         s.max_remaining = max(s.max_remaining, r.remaining_budget)
     return stats
+
+
+def _overloaded(
+    sched: Scheduler, now: float, threshold: float, marks: Mapping[Adapter, Adapter]
+) -> bool:
+    """Whether a request of a running adapter (not one owing its slot) has waited past
+    ``threshold``: it waits for the batch, the pages or the prefill budget, not for a slot, so
+    the engine is short of capacity and freeing slots would not add any."""
+    running = sched.running_adapters()
+    return any(
+        r.lora_name in running and r.lora_name not in marks and now - r.wait_since > threshold
+        for r in sched.waiting
+    )
 
 
 class SGLangDrainer(FCFS):
@@ -239,6 +258,15 @@ class ReserveDrainer(SGLangDrainer):
     def holds(self) -> Mapping[Adapter, Adapter]:
         return self.marks
 
+    @property
+    def starved_after(self) -> float:
+        """The wait after which an adapter without a slot is starving (the threshold)."""
+        return self.threshold
+
+    def _starving_order(self, name: Adapter) -> tuple:
+        """Most starved first."""
+        return (-self.stats[name].longest_wait, _name_key(name))
+
     def before_prefill(self, sched: Scheduler, now: float) -> None:
         self.stats = adapter_stats(sched, now, include_paused=self._paused_wait)
         running = sched.running_adapters()
@@ -266,12 +294,12 @@ class ReserveDrainer(SGLangDrainer):
                 a
                 for a, s in self.stats.items()
                 if s.waiting > 0
-                and s.longest_wait > self.threshold
+                and s.longest_wait > self.starved_after
                 and a not in running
                 and a not in self.marks
                 and sched.uses_unit(a)
             ),
-            key=lambda a: (-self.stats[a].longest_wait, _name_key(a)),
+            key=self._starving_order,
         )
         served = set(self.marks.values())
         busy, claimed, need = set(running), set(), []
@@ -316,37 +344,67 @@ class PreemptDrainer(ReserveDrainer):
 
     When an adapter with no slot has waited past the threshold (its waiting *or paused* requests;
     a paused request waits from the moment it paused), the running adapter chosen as victim has
-    all its running requests **paused** before this round's walk: they leave the running set and
+    its decoding requests **paused** before this round's walk: they leave the running set and
     keep their KV pages and outputs. The freed slot is held for the starved adapter, which is
-    admitted in the same round. Paused requests resume as soon as their adapter can get a slot
-    again (a slot freed by an adapter that finished, or, once they have waited past the threshold
-    themselves, one they take by pausing someone else), before new arrivals of other adapters, and
-    continue decoding from their cache: their tokens are those of an unpaused run. Under page
-    pressure, paused requests are preempted by recompute (most recently paused first).
+    admitted in the same round. A victim's request in the middle of its (chunked) prefill is not
+    paused (that would throw its chunks away): it finishes its prefill, admits nothing new
+    meanwhile, and is paused in the first round after. Paused requests resume as soon as their
+    adapter can get a slot again (a slot freed by an adapter that finished, or, once they have
+    waited past the threshold themselves, one they take by pausing someone else), before new
+    arrivals of other adapters, and continue decoding from their cache: their tokens are those of
+    an unpaused run. Under page pressure, paused requests are preempted by recompute (most
+    recently paused first).
+
+    Guards against thrashing: an adapter is a victim only after it has run for ``residency``
+    seconds since it last sat down (:attr:`Scheduler.seated_since
+    <jlora.scheduler.scheduler.Scheduler.seated_since>`): the threshold, and at least
+    :attr:`SWAPS_PER_RESIDENCY` times the measured load time of an adapter, so that swaps take at
+    most a small share of the time; and nobody is paused under **overload** (a request of a running
+    adapter has waited past the threshold for the batch or the pages, not for a slot: slots are
+    not what is short, and pausing would add no capacity).
 
     The victim is the running adapter with the fewest running requests (the fewest requests
     stalled), ties broken by the smallest largest remaining budget.
 
-    Bound on a cold adapter's wait: ``T + step``, while at most as many adapters as there are
-    unpinned slots pass the threshold within one step (with more, one step more per such batch),
-    given pages and ``max_running_requests`` allow. Nobody starves: paused requests count as
-    waiting and get the same bound for their resumption.
+    Bound on a cold adapter's wait: ``T + step`` plus, if every running adapter sat down less than
+    ``residency`` ago, the rest of that residency, and plus the prefill steps of a victim's
+    request caught mid-prefill; while at most as many adapters as there are unpinned slots pass
+    the threshold within one step (with more, one step more per such batch), given pages and
+    ``max_running_requests`` allow, and without overload. Nobody starves: paused requests count
+    as waiting and get the same bound for their resumption.
 
-    Trades: the paused requests stall (their time per output token and E2E grow by the pause,
-    at most ``T + step`` each time while the bound holds, and a request may be paused more than
-    once), their pages stay allocated while paused, and every pause costs a slot load on both
-    sides. Nothing is recomputed for the policy's sake (but a victim's request caught in the
-    middle of a chunked prefill), and an adapter with no rival waiting past the threshold is never
-    disturbed: only requests that would have waited longer than the threshold are affected, so a
-    threshold well under a second stays cheap.
+    Trades: the paused requests stall (their time per output token and E2E grow by the pause),
+    their pages stay allocated while paused, and every pause costs a slot load on both sides.
     """
 
     name = "preempt"
     _paused_wait = True
+    SWAPS_PER_RESIDENCY = 20
+    """A residency lasts at least this many adapter loads' time (swaps <= 5% of the time)."""
 
     def __init__(self, threshold: float):
         super().__init__(threshold)
         self._to_pause: list[Request] = []
+        self.now = 0.0  # the time of the round being decided
+        self.overloaded = False
+        """Whether the last round found the engine overloaded (no pauses then)."""
+
+    def residency(self, sched: Scheduler) -> float:
+        """Seconds an adapter runs before it may be a victim."""
+        return max(self.threshold, self.SWAPS_PER_RESIDENCY * (sched.load_seconds or 0.0))
+
+    def before_prefill(self, sched: Scheduler, now: float) -> None:
+        self.now = now
+        self.overloaded = _overloaded(sched, now, self.threshold, self.marks)
+        super().before_prefill(sched, now)
+        self._to_pause = [] if self.overloaded else self._victims_to_pause(sched, now)
+
+    def _starving(self, sched: Scheduler, running: set[Adapter]) -> list[Adapter]:
+        return [] if self.overloaded else super()._starving(sched, running)
+
+    def _victims_to_pause(self, sched: Scheduler, now: float) -> list[Request]:
+        """The decoding requests of every marked victim (those mid-prefill wait a round)."""
+        return [r for r in sched.running if r.lora_name in self.marks and not r.in_prefill]
 
     def pauses(self, sched: Scheduler, now: float) -> Sequence[Request]:
         out, self._to_pause = self._to_pause, []
@@ -363,8 +421,14 @@ class PreemptDrainer(ReserveDrainer):
 
         return sorted(queue, key=key)
 
-    def _on_mark(self, sched: Scheduler, victim: Adapter) -> None:
-        self._to_pause += [r for r in sched.running if r.lora_name == victim]
+    def _eligible(self, sched: Scheduler, running: set[Adapter]) -> list[Adapter]:
+        """Running adapters that may be victims: unmarked, unpinned, past their residency."""
+        seated_before = self.now - self.residency(sched)
+        return [
+            a
+            for a in super()._eligible(sched, running)
+            if sched.seated_since.get(a, -math.inf) <= seated_before
+        ]
 
     def _victim(self, sched: Scheduler, running: set[Adapter], starved: Adapter) -> Adapter | None:
         eligible = self._eligible(sched, running)
@@ -379,4 +443,173 @@ class PreemptDrainer(ReserveDrainer):
         )
 
     def may_admit(self, sched: Scheduler, req: Request, now: float) -> bool:
-        return True  # a victim is paused, not drained: nothing to tolerate
+        return req.lora_name not in self.marks  # a victim owes its slot: it admits nothing new
+
+
+class FairDrainer(PreemptDrainer):
+    """Fair slot scheduling: every adapter's wait for a slot bounded near the threshold, with as
+    few requests disturbed as the bound allows.
+
+    State: the drain marks (victim -> starved adapter, with the time each was made), from the
+    scheduler the time each running adapter sat down and the measured decode-step and load times.
+
+    Each round: an adapter with no slot whose oldest request (waiting or paused) has waited
+    ``TRIGGER * T`` is *starving*; most starved first, each gets a victim: a running adapter past
+    its residency (as ``preempt``'s), the one whose requests would be disturbed least (the fewest
+    running and waiting requests, then the smallest largest remaining budget). The victim is
+    **gated**: it admits only requests that were queued when it was marked, and its slot is held
+    for the starved adapter once its running requests are done. If the drain has not ended when
+    the starved adapter's wait reaches ``T``, the victim's decoding requests that would still run
+    longer than ``GRACE`` seconds (by the measured decode step) are **paused** (KV kept, resumed
+    later from their cache, as ``preempt``'s); those about to finish are left to finish. Nobody is
+    paused under overload (as ``preempt``).
+
+    Bound on a wait for a slot: ``T + GRACE + step`` plus the residency left to the running
+    adapters and the prefill steps of a victim's request caught mid-prefill, under the same
+    conditions as ``preempt``'s bound. Trades: a gated victim's new requests wait for its drain
+    and then for a slot (median TTFT); a paused request stalls (E2E); each swap costs a load.
+    """
+
+    name = "fair"
+    TRIGGER = 0.5
+    """Fraction of the threshold at which a starving adapter's victim is gated."""
+    GRACE = 0.5
+    """Seconds: a victim's request that finishes within this is never paused."""
+
+    def __init__(self, threshold: float):
+        super().__init__(threshold)
+        self.marked_at: dict[Adapter, float] = {}
+        self.hot: set[Adapter] = set()
+        self.mean_budget: float | None = None
+        """Running mean of the requests' ``max_new_tokens`` (the quantum's unit)."""
+        self._last_rid = -1
+
+    @property
+    def starved_after(self) -> float:
+        return self.TRIGGER * self.threshold
+
+    def _fair_before_prefill(self, sched: Scheduler, now: float) -> None:
+        before = dict(self.marks)
+        super().before_prefill(sched, now)
+        for victim in set(before) - set(self.marks):
+            self.marked_at.pop(victim, None)
+        for victim in set(self.marks) - set(before):
+            self.marked_at[victim] = now
+
+    def _victims_to_pause(self, sched: Scheduler, now: float) -> list[Request]:
+        step = sched.decode_seconds or 0.0
+        due = {
+            v
+            for v, b in self.marks.items()
+            if self._stat(b).longest_wait >= self.threshold
+            and now - self.marked_at.get(v, now) >= self.GATE
+        }
+        return [
+            r
+            for r in sched.running
+            if r.lora_name in due and not r.in_prefill and r.remaining_budget * step > self.GRACE
+        ]
+
+    def _demand(self, sched: Scheduler) -> dict[Adapter, int]:
+        """Requests per adapter: running, waiting and paused."""
+        demand = {a: s.waiting for a, s in self.stats.items()}
+        for r in sched.running:
+            demand[r.lora_name] = demand.get(r.lora_name, 0) + 1
+        return demand
+
+    PAUSED_FIRST = False
+
+    def _note_budgets(self, queue: list[Request]) -> None:
+        """Fold the budgets of requests not seen before into ``mean_budget`` (rids only grow)."""
+        for r in queue:
+            if r.rid > self._last_rid:
+                self.mean_budget = _running_mean(self.mean_budget, r.params.max_new_tokens)
+                self._last_rid = r.rid
+
+    def order(self, queue: list[Request], now: float) -> list[Request]:
+        """The starved adapters' requests first, taken in turns (each adapter's oldest, then each
+        one's second...: one adapter's backlog cannot spend the prefill budget while the slots
+        freed for the others stay empty), then paused requests, then waiting ones, by
+        ``wait_since``."""
+        self._note_budgets(queue)
+        rank = {a: i for i, a in enumerate(self.starved)}
+        last = len(rank)
+        turn: dict[int, int] = {}
+        taken: dict[Adapter, int] = {}
+        for r in sorted(queue, key=lambda r: (r.wait_since, r.rid)):
+            if r.lora_name in rank:
+                turn[r.rid] = taken.get(r.lora_name, 0)
+                taken[r.lora_name] = turn[r.rid] + 1
+
+        def key(r: Request):
+            a = rank.get(r.lora_name, last)
+            if a < last:
+                return (0, turn[r.rid], a, r.wait_since, r.rid)
+            return (1, r.status != Status.PAUSED, r.wait_since, r.rid, 0)
+
+        return sorted(queue, key=key)
+
+    def _starving_order(self, name: Adapter) -> tuple:
+        paused = self.PAUSED_FIRST and name in self.with_paused
+        return (not paused, -self.stats[name].longest_wait, _name_key(name))
+
+    def before_prefill(self, sched: Scheduler, now: float) -> None:
+        self.with_paused = {r.lora_name for r in sched.paused}
+        self._fair_before_prefill(sched, now)
+
+    RESIDENCY_REQUESTS = 0.0
+    """A residency lasts at least this many times a running request's mean generation time."""
+
+    QUANTUM_REQUESTS = 1.25
+    ADAPTIVE = True
+    GATE = 0.0
+
+    def quantum(self, sched: Scheduler) -> float:
+        """Seconds an adapter keeps its slot before it may be a victim: ``QUANTUM_REQUESTS`` times
+        the mean generation time of the running requests, shared among the starving adapters."""
+        if self.mean_budget is None or not sched.decode_seconds:
+            return 0.0
+        quantum = self.QUANTUM_REQUESTS * self.mean_budget * sched.decode_seconds
+        if self.ADAPTIVE and len(self.starved) > sched.adapters.num_slots:
+            quantum *= sched.adapters.num_slots / len(self.starved)
+        return quantum
+
+    def residency(self, sched: Scheduler) -> float:
+        return max(self.quantum(sched), self.SWAPS_PER_RESIDENCY * (sched.load_seconds or 0.0))
+
+    def _starving(self, sched: Scheduler, running: set[Adapter]) -> list[Adapter]:
+        """As ``reserve``'s, but no more adapters at a time than there are slots held by adapters
+        that are not hot (a hot adapter has at least its share of the demand: all requests over
+        the slots): the hot ones keep their slots, the others rotate."""
+        need = super()._starving(sched, running)
+        demand = self._demand(sched)
+        share = sum(demand.values()) / sched.adapters.num_slots
+        self.hot = {a for a in running if demand.get(a, 0) >= share}
+        rotating = sched.adapters.num_slots - len(self.hot) - len(self.marks)
+        return need[: max(0, rotating)]
+
+    def _victim(self, sched: Scheduler, running: set[Adapter], starved: Adapter) -> Adapter | None:
+        """The running adapter, not hot, with the least demand (then the smallest largest remaining
+        budget), once it is past its residency: a busier adapter is never taken instead of it."""
+        unpinned = ReserveDrainer._eligible(self, sched, running)
+        candidates = [a for a in unpinned if a not in self.hot]
+        if not candidates:
+            return None
+        step = sched.decode_seconds or 0.0
+        hurt = {a: self._stat(a).waiting for a in candidates}
+        for r in sched.running:
+            if r.lora_name in hurt and r.remaining_budget * step > self.GRACE:
+                hurt[r.lora_name] += 1
+        victim = min(
+            candidates,
+            key=lambda a: (hurt[a], self._stat(a).max_remaining, _name_key(a)),
+        )
+        return victim if victim in self._eligible(sched, running) else None
+
+    def may_admit(self, sched: Scheduler, req: Request, now: float) -> bool:
+        marked = self.marked_at.get(req.lora_name)
+        return marked is None or req.wait_since <= marked
+
+
+def _running_mean(old: float | None, new: float, weight: float = 0.05) -> float:
+    return new if old is None else old + weight * (new - old)

@@ -81,6 +81,9 @@ class SchedulerConfig:
     """Most sequences in one prefill step."""
     base_uses_slot: bool = False
     """Requests without an adapter count as one adapter against the slots (SGLang's behaviour)."""
+    context_length: int = 4096
+    """Longest sequence: with ``chunked_prefill_size`` it sets the progress bound
+    (:attr:`Scheduler.progress_bound`)."""
 
 
 @dataclass
@@ -177,6 +180,17 @@ class Scheduler:
         # resumed request keeps its place). `running` itself keeps the order they joined it, which
         # the policies see (e.g. the order a victim's requests are paused in).
         self._by_admission: list[Request] = []
+        self.seated_since: dict[Adapter, float] = {}
+        """When each running adapter last began to run (it had no running request before): how
+        long it has held its slot, for the policies' minimum residency."""
+        self.steps_without_progress = 0
+        """Steps in a row that gave no request a token (idle steps not counted)."""
+        self.guarded_rounds = 0
+        """Admission rounds in which the progress guard overrode the policy (see the module doc)."""
+        self.decode_seconds: float | None = None
+        """Running mean of a decode step's duration, as the engine measured it (None: none yet)."""
+        self.load_seconds: float | None = None
+        """Running mean of an adapter load's duration on the engine's loop (None: none yet)."""
 
     # ------------------------------------------------------------------ queue
     def add(self, req: Request) -> None:
@@ -189,8 +203,27 @@ class Scheduler:
     def running_adapters(self) -> set[Adapter]:
         return {r.lora_name for r in self.running}
 
-    def adapter_busy(self, name: Adapter) -> bool:
-        return name in self.running_adapters()
+    @property
+    def progress_bound(self) -> int:
+        """Steps after which the scheduler stops applying the policy's pauses and holds until some
+        request gets a token: the most prefill steps one prompt needs, plus one."""
+        chunk = min(self.config.chunked_prefill_size, self.config.max_prefill_tokens)
+        return -(-self.config.context_length // chunk) + 1
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the progress guard is in force (the policy's pauses and holds are ignored)."""
+        return self.steps_without_progress >= self.progress_bound
+
+    # ------------------------------------------------------------------ measurements
+    def observe_step(self, kind: str, seconds: float) -> None:
+        """The engine reports each step's duration (the policies read ``decode_seconds``)."""
+        if kind == "decode":
+            self.decode_seconds = _mean(self.decode_seconds, seconds)
+
+    def observe_load(self, seconds: float) -> None:
+        """The engine reports the time its loop spent on one adapter load."""
+        self.load_seconds = _mean(self.load_seconds, seconds)
 
     # ------------------------------------------------------------------ slots
     def uses_unit(self, name: Adapter) -> bool:
@@ -203,7 +236,10 @@ class Scheduler:
         return len(names) - (None in names and not self.config.base_uses_slot)
 
     def _held_for_others(self, name: Adapter, busy: set[Adapter]) -> list[tuple[Adapter, Adapter]]:
-        """Holds (victim, beneficiary) in force against ``name``: beneficiary not yet running."""
+        """Holds (victim, beneficiary) in force against ``name``: beneficiary not yet running.
+        None while the progress guard is in force."""
+        if self.guarded:
+            return []
         return [(v, b) for v, b in self.policy.holds().items() if b not in busy and b != name]
 
     def free_slot(
@@ -242,8 +278,9 @@ class Scheduler:
                 out.add(s)
         return out
 
-    def _seat(self, name: Adapter, busy: set[Adapter], plan: StepPlan) -> None:
+    def _seat(self, name: Adapter, busy: set[Adapter], plan: StepPlan, now: float) -> None:
         """Give ``name`` (checked by :meth:`free_slot`) its slot; list the load in the plan."""
+        self.seated_since[name] = now
         if name is None:
             return
         reserved = self._reserved_slots(self._held_for_others(name, busy), busy)
@@ -255,11 +292,19 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the decision
     def schedule(self, now: float) -> StepPlan:
+        self._count_progress()
         plan = StepPlan("prefill")
         if self.waiting or self.paused or self._chunking():
+            busy = self.running_adapters()
+            for name in [a for a in self.seated_since if a not in busy]:
+                del self.seated_since[name]
             self.policy.before_prefill(self, now)
-            for req in self.policy.pauses(self, now):
-                self._pause(req, now, plan)
+            pauses = self.policy.pauses(self, now)
+            if self.guarded:
+                self.guarded_rounds += 1
+            else:
+                for req in pauses:
+                    self._pause(req, now, plan)
             self._walk(now, plan, self.running_adapters())
         if plan.prefill:
             self.adapters.touch(
@@ -317,6 +362,15 @@ class Scheduler:
             req.pages += self.pages.alloc(1)
         return self._decided_decode(StepPlan("decode", decode=going_on))
 
+    def _count_progress(self) -> None:
+        """Count the last plan: a decode step gives each of its requests a token, a prefill step
+        each request whose prompt it completes; a prefill of chunks only gives none."""
+        last = self.last_plan
+        if last.kind == "decode" or any(i.completes for i in last.prefill):
+            self.steps_without_progress = 0
+        elif last.kind == "prefill":
+            self.steps_without_progress += 1
+
     def _decided_decode(self, plan: StepPlan) -> StepPlan:
         """Mark a decode plan's adapters used (for LRU) and keep it as the last plan."""
         names = {r.lora_name for r in plan.decode}
@@ -368,10 +422,12 @@ class Scheduler:
             name = req.lora_name
             if req.status == Status.PAUSED:
                 paused_left -= 1
+                if not self.policy.may_admit(self, req, now):
+                    continue  # e.g. its adapter owes its slot to another
                 if name not in busy:
                     if not can_get_slot(name):
                         continue
-                    self._seat(name, busy, plan)
+                    self._seat(name, busy, plan, now)
                     busy.add(name)
                     seatable.clear()
                 self.paused.remove(req)
@@ -403,7 +459,7 @@ class Scheduler:
                 n = min(budget, cfg.chunked_prefill_size)
                 chunking = True
             if name not in busy:
-                self._seat(name, busy, plan)
+                self._seat(name, busy, plan, now)
                 busy.add(name)
                 seatable.clear()
             req.pages += self.pages.alloc(need)
@@ -528,3 +584,8 @@ class Scheduler:
                 self._by_admission.remove(req)
         self._admitted_order.pop(req.rid, None)
         req.status = Status.FINISHED
+
+
+def _mean(old: float | None, new: float, weight: float = 0.1) -> float:
+    """An exponential running mean (the first value taken as is)."""
+    return new if old is None else old + weight * (new - old)
