@@ -363,3 +363,15 @@ def test_tp_pads_a_vocabulary_it_does_not_divide(tmp_path):
         )
         assert diff < 1e-5, key
         assert res["added_token_logit"] == pytest.approx(ref["added_token_logit"], abs=1e-5)
+
+
+def test_release_forgets_only_finished_requests(engine):
+    rid = engine.add_request([1, 2, 3], GREEDY)
+    with pytest.raises(ValueError, match=f"request {rid} is waiting: only a finished one"):
+        engine.release(rid)
+    (out,) = _drain(engine)
+    assert out.rid == rid and rid in engine.requests
+    engine.release(rid)
+    assert rid not in engine.requests and rid not in engine._seeds
+    with pytest.raises(ValueError, match=f"unknown request id {rid}"):
+        engine.release(rid)
