@@ -17,11 +17,20 @@ tokens are applied in the next call, after the following decode step has been di
 a fake runner in tests, or the simulator. The scheduling policy is built from
 ``lora_drain_wait_threshold`` / ``lora_drain_policy`` unless one is passed (``policy=``);
 ``engine.last_state`` is the scheduler's state at the last decision.
+
+Bad input is refused where it enters (``add_request``, ``SamplingParams``, ``abort``, ``score``,
+adapter loads): ``ValueError``, or :class:`~jlora.sampling.ArgumentTypeError` (a ``TypeError`` that
+is a ``ValueError`` too) for a wrong type, naming the field and the value, before any state
+changes. A failure inside a step (an adapter that cannot be read again, a runner error) ends the
+requests it touches with finish reason ``error`` and the message, frees their pages and slot, and
+the engine goes on serving; no request is ever left in no queue.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -39,7 +48,7 @@ from jlora.kernels.types import NO_SLOT
 from jlora.runner.base import FED_BACK, DecodeSeq, LaunchedDecode, PrefillSeq, Runner
 from jlora.runner.buckets import ShapeBuckets, geometric
 from jlora.runner.kv_cache import PagePool, kv_bytes_per_page
-from jlora.sampling import SamplingParams
+from jlora.sampling import ArgumentTypeError, SamplingParams
 from jlora.scheduler.policies import make_policy
 from jlora.scheduler.request import Request, RequestOutput, Status, StreamEvent
 from jlora.scheduler.scheduler import (
@@ -83,7 +92,7 @@ def kv_capacity_pages(config: EngineConfig, model: ModelConfig, context: int) ->
     if config.max_total_tokens is not None:
         return -(-config.max_total_tokens // config.page_size) + 1
     per_page = kv_bytes_per_page(model, config.page_size, DTYPES[config.dtype]) // config.tp_size
-    stats = jax.local_devices()[0].memory_stats() or {}
+    stats = device_memory_stats()
     if "bytes_limit" in stats:
         budget = stats["bytes_limit"] * config.mem_fraction_static - stats.get("bytes_in_use", 0)
         pages = int(budget) // per_page
@@ -95,6 +104,12 @@ def kv_capacity_pages(config: EngineConfig, model: ModelConfig, context: int) ->
             )
         return pages
     return 64 * -(-context // config.page_size) + 1  # CPU: room for 64 full contexts
+
+
+def device_memory_stats() -> dict:
+    """The first local device's memory statistics (``bytes_limit``, ``bytes_in_use``; a CPU has
+    none)."""
+    return jax.local_devices()[0].memory_stats() or {}
 
 
 class Engine:
@@ -133,7 +148,14 @@ class Engine:
                     config.dtype,
                     mesh,
                 )
-        num_pages = kv_capacity_pages(config, self.model_config, self.context_length)
+        if getattr(runner, "num_pages", None) is not None:
+            # A runner taken over from an engine that is done (the benchmark's settings that
+            # differ only in scheduling): its KV cache is ours, already counted in the memory
+            # in use, so it is not sized again. The new page pool starts empty: what the cache
+            # held is never read.
+            num_pages = runner.num_pages
+        else:
+            num_pages = kv_capacity_pages(config, self.model_config, self.context_length)
         self.pages = PagePool(num_pages, config.page_size)
         self.adapters = AdapterPool(
             adapter_loader or self._load_adapter,
@@ -180,6 +202,7 @@ class Engine:
         self.requests: dict[int, Request] = {}
         self._rids = itertools.count()
         self._events: dict[int, list[StreamEvent]] = {}
+        self._kept: list[RequestOutput] = []  # finished in steps run by generate() / stream()
         self._seeds: dict[int, int] = {}  # rid -> sampling seed
         self.num_steps = 0
         # Overlap scheduling: the dispatched decode step whose tokens the host has not read yet.
@@ -234,7 +257,12 @@ class Engine:
                 raise ValueError(f"no free slot to pin adapter {name!r}: every slot is in use")
             slot, must_load = taken
             if must_load:
-                self.runner.load_lora(slot, self.adapters.get(name))
+                try:
+                    self.runner.load_lora(slot, self.adapters.get(name))
+                except Exception:
+                    self._empty_slot(slot, name)
+                    self.adapters.unregister(name)
+                    raise
 
     def unload_lora_adapter(self, name: str) -> None:
         """Forget an adapter; refused while any request (waiting or running) uses it."""
@@ -261,12 +289,29 @@ class Engine:
         lora_name: str | None = None,
         arrival_time: float | None = None,
     ) -> int:
-        """Queue a request; returns its id. Bad input raises ``ValueError`` and queues nothing."""
-        params = params or SamplingParams()
+        """Queue a request; returns its id. Bad input raises ``ValueError`` (a wrong type
+        :class:`~jlora.sampling.ArgumentTypeError`, a ``TypeError`` and ``ValueError``) naming the
+        field and the value, and changes nothing."""
+        return self._register(self._new_request(prompt_ids, params, lora_name, arrival_time))
+
+    def _new_request(self, prompt_ids, params, lora_name, arrival_time) -> Request:
+        """Check every argument of a request and build it, changing no state (its rid is -1)."""
+        params = SamplingParams() if params is None else params
         if not isinstance(params, SamplingParams):
-            raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
+            raise ArgumentTypeError(
+                f"params={_short(params)} must be SamplingParams, not {type(params).__name__}"
+            )
         prompt = self._check_prompt(prompt_ids, "prompt")
         self._check_lora_name(lora_name)
+        if arrival_time is not None:
+            if isinstance(arrival_time, bool) or not isinstance(arrival_time, numbers.Real):
+                raise ArgumentTypeError(
+                    f"arrival_time={_short(arrival_time)} must be a number of seconds (the "
+                    f"engine clock's), not {type(arrival_time).__name__}"
+                )
+            if not math.isfinite(arrival_time):
+                raise ValueError(f"arrival_time={arrival_time!r} must be finite")
+            arrival_time = float(arrival_time)
         total = len(prompt) + params.max_new_tokens
         if total > self.context_length:
             raise ValueError(
@@ -278,23 +323,37 @@ class Engine:
                 f"a request of {total} tokens needs {self.pages.pages_for(total)} KV pages but the "
                 f"cache holds {self.pages.capacity}; raise max_total_tokens"
             )
-        rid = next(self._rids)
         now = self.clock.now() if arrival_time is None else arrival_time
-        req = Request(rid=rid, prompt=prompt, params=params, lora_name=lora_name, arrival=now)
-        self.requests[rid] = req
-        self._seeds[rid] = self._seed(req)
+        return Request(rid=-1, prompt=prompt, params=params, lora_name=lora_name, arrival=now)
+
+    def _register(self, req: Request) -> int:
+        """Give a checked request its id and queue it (nothing here can fail)."""
+        req.rid = next(self._rids)
+        self.requests[req.rid] = req
+        self._seeds[req.rid] = self._seed(req)
         self.scheduler.add(req)
-        return rid
+        return req.rid
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
 
     def step(self) -> list[RequestOutput]:
-        """Run one scheduling decision and one step; returns the outputs finished in it.
+        """Run one scheduling decision and one step; returns the outputs finished in it, each
+        exactly once (a request that failed in it too, with finish reason ``error``), and before
+        them those finished in steps that :meth:`generate` or :meth:`stream` ran for their own
+        requests since the last call (they return only their own).
+
+        A failure inside the step (an adapter that cannot be read again, a runner error) ends the
+        requests it touches with finish reason ``error`` and the message, frees their pages and
+        slots, and the engine goes on serving the others.
 
         With ``overlap_schedule`` a decode step is dispatched and its tokens are applied in the
         next call, which first dispatches the following decode step when it can
         (:meth:`Scheduler.lookahead`): the device then never waits for the host between the two."""
+        kept, self._kept = self._kept, []
+        return kept + self._step()
+
+    def _step(self) -> list[RequestOutput]:
         if self._in_flight is None:
             return self._step_once()
         reqs, launched = self._in_flight
@@ -302,7 +361,11 @@ class Engine:
         if lookahead is not None:
             self._record(lookahead, self.clock.now())
             seqs = self._decode_seqs(lookahead.decode, fed_back=True)
-            self._in_flight = (lookahead.decode, self.runner.launch_decode(seqs, launched))
+            try:
+                self._in_flight = (lookahead.decode, self.runner.launch_decode(seqs, launched))
+            except Exception as e:  # the step in flight and this one: both their requests fail
+                self._in_flight = None
+                return self._fail(list(dict.fromkeys(reqs + lookahead.decode)), e)
             self.num_steps += 1
             self.num_lookahead_steps += 1
             return self._resolve(reqs, launched)
@@ -321,7 +384,10 @@ class Engine:
     def _resolve(self, reqs: list[Request], launched) -> list[RequestOutput]:
         """Wait for a dispatched decode step and apply its tokens; a request that finished since
         it was dispatched (a stop token in the step before, an abort) drops its token."""
-        tokens = launched.tokens()
+        try:
+            tokens = launched.tokens()
+        except Exception as e:
+            return self._fail(reqs, e)
         now = self.clock.now()
         if self._last_resolved is not None:  # back to back: one step's time between the two
             self.scheduler.observe_step("decode", now - self._last_resolved)
@@ -337,32 +403,78 @@ class Engine:
         now = self.clock.now()
         plan = self.scheduler.schedule(now)
         self._record(plan, now)
+        failed: list[RequestOutput] = []
         # Also for resumed requests, which decode in a later step; and the prefetched adapters
         # (lora_prefetch), whose load overlaps the steps until their turn.
         for slot, name in plan.loads + plan.prefetch:
-            self.runner.load_lora(slot, self.adapters.get(name))
+            try:
+                self.runner.load_lora(slot, self.adapters.get(name))
+            except Exception as e:  # e.g. evicted from the host cache and its files gone since
+                self._empty_slot(slot, name)
+                users = [r for r in self.scheduler.running if r.lora_name == name]
+                failed += self._fail(users, e)
+                continue
             loaded = self.clock.now()
             self.scheduler.observe_load(loaded - now)
             now = loaded
+        if failed:
+            gone = {o.rid for o in failed}
+            plan.prefill[:] = [i for i in plan.prefill if i.req.rid not in gone]
+            plan.decode[:] = [r for r in plan.decode if r.rid not in gone]
+            if not plan.prefill and not plan.decode:
+                return failed
         if plan.kind == "idle":
-            return []
+            return failed
         self.num_steps += 1
         if plan.kind == "prefill":
-            tokens = self.runner.prefill([self._prefill_seq(item) for item in plan.prefill])
+            try:
+                tokens = self.runner.prefill([self._prefill_seq(item) for item in plan.prefill])
+            except Exception as e:
+                return failed + self._fail([item.req for item in plan.prefill], e)
             sampled: list[tuple[Request, int]] = []
             for item, token in zip(plan.prefill, tokens, strict=True):
                 item.req.num_computed = item.end
                 if item.completes:
                     sampled.append((item.req, token))
-            return self._append(sampled, self.clock.now())
+            return failed + self._append(sampled, self.clock.now())
         seqs = self._decode_seqs(plan.decode)
-        if self._overlap:
-            self._in_flight = (plan.decode, self.runner.launch_decode(seqs, None))
-            return []
-        tokens = self.runner.decode(seqs)
+        try:
+            if self._overlap:
+                self._in_flight = (plan.decode, self.runner.launch_decode(seqs, None))
+                return failed
+            tokens = self.runner.decode(seqs)
+        except Exception as e:
+            return failed + self._fail(plan.decode, e)
         end = self.clock.now()
         self.scheduler.observe_step("decode", end - now)
-        return self._append(zip(plan.decode, tokens, strict=True), end)
+        return failed + self._append(zip(plan.decode, tokens, strict=True), end)
+
+    def _fail(self, reqs: Iterable[Request], error: Exception) -> list[RequestOutput]:
+        """End ``reqs`` (those not finished yet) with finish reason ``error`` and the message;
+        their pages and places are freed. Returns their outputs."""
+        now, out = self.clock.now(), []
+        message = f"{type(error).__name__}: {error}"
+        for req in reqs:
+            if req.status is Status.FINISHED:
+                continue
+            req.finish_reason, req.error, req.finish_time = "error", message, now
+            self.scheduler.finish(req)
+            output = RequestOutput.of(req)
+            out.append(output)
+            if req.rid in self._events:
+                self._events[req.rid].append(
+                    StreamEvent(req.rid, None, len(req.output), now, finished=output)
+                )
+        return out
+
+    def _empty_slot(self, slot: int, name: str) -> None:
+        """A load of ``name`` into ``slot`` failed: the pool forgets it there and the device slot
+        is emptied (what it holds is then never read)."""
+        self.adapters.vacate(slot)
+        try:
+            self.runner.load_lora(slot, None)
+        except Exception:  # noqa: BLE001 - the slot is free in the pool; its content is unread
+            pass
 
     def _slot(self, req: Request) -> int:
         if req.lora_name is None:
@@ -444,13 +556,31 @@ class Engine:
 
     def abort(self, rid: int) -> RequestOutput:
         """End a request now; it returns what it generated, with finish reason ``abort``."""
-        req = self.requests.get(rid)
+        if isinstance(rid, bool) or not isinstance(rid, int | np.integer):
+            raise ArgumentTypeError(
+                f"rid={_short(rid)} must be a request id (int), not {type(rid).__name__}"
+            )
+        req = self.requests.get(int(rid))
         if req is None:
             raise ValueError(f"unknown request id {rid}")
         if req.status != Status.FINISHED:
             req.finish_reason, req.finish_time = "abort", self.clock.now()
             self.scheduler.finish(req)
         return RequestOutput.of(req)
+
+    def release(self, rid: int) -> None:
+        """Forget a finished request whose output the caller has: a server that runs for good
+        calls it so that the engine's memory stays flat (``requests`` otherwise keeps every
+        request). Refused for an unfinished one."""
+        req = self.requests.get(rid) if isinstance(rid, int | np.integer) else None
+        if req is None:
+            raise ValueError(f"unknown request id {rid!r}")
+        if req.status is not Status.FINISHED:
+            raise ValueError(
+                f"request {rid} is {req.status.value}: only a finished one is released"
+            )
+        del self.requests[rid]
+        self._seeds.pop(rid, None)
 
     # ------------------------------------------------------------------ conveniences
     def generate(
@@ -459,12 +589,21 @@ class Engine:
         params: SamplingParams | Sequence[SamplingParams] | None = None,
         lora_name: str | None | Sequence[str | None] = None,
     ) -> list[RequestOutput]:
-        """Run prompts to completion; outputs in input order."""
+        """Run prompts to completion; outputs in input order. Every prompt is checked before any is
+        queued. Requests of other callers that finish meanwhile are returned by the next
+        :meth:`step`."""
+        if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
+            raise ArgumentTypeError(f"prompts={_short(prompts)} must be a list of token-id lists")
         names = self._per_prompt(lora_name, len(prompts), "lora_name")
         plist = self._per_prompt(params, len(prompts), "params")
-        rids = [self.add_request(p, sp, n) for p, sp, n in zip(prompts, plist, names, strict=True)]
+        reqs = [
+            self._new_request(p, sp, n, None)
+            for p, sp, n in zip(prompts, plist, names, strict=True)
+        ]
+        rids = [self._register(r) for r in reqs]
+        mine = set(rids)
         while any(self.requests[r].status != Status.FINISHED for r in rids):
-            self.step()
+            self._kept += [o for o in self._step() if o.rid not in mine]
         return [RequestOutput.of(self.requests[r]) for r in rids]
 
     def stream(
@@ -473,7 +612,9 @@ class Engine:
         params: SamplingParams | None = None,
         lora_name: str | None = None,
     ) -> Iterator[StreamEvent]:
-        """Yield the request's tokens as they come (other queued requests run alongside)."""
+        """Yield the request's tokens as they come (other queued requests run alongside, and those
+        that finish meanwhile are returned by the next :meth:`step`). A request that fails ends
+        with an event whose ``token_id`` is None and whose ``finished`` carries the error."""
         rid = self.add_request(prompt_ids, params, lora_name)
         self._events[rid] = []
         try:
@@ -482,7 +623,7 @@ class Engine:
                 yield from events
                 if self.requests[rid].status == Status.FINISHED:
                     return
-                self.step()
+                self._kept += [o for o in self._step() if o.rid != rid]
         finally:
             self._events.pop(rid, None)
 
@@ -490,6 +631,8 @@ class Engine:
     def _per_prompt(value, n: int, what: str) -> list:
         if value is None or isinstance(value, str | SamplingParams):
             return [value] * n
+        if not isinstance(value, Iterable):
+            raise ArgumentTypeError(f"{what}={_short(value)} must be one value or one per prompt")
         value = list(value)
         if len(value) != n:
             raise ValueError(f"{what} has {len(value)} entries for {n} prompts")
@@ -498,12 +641,33 @@ class Engine:
     # ------------------------------------------------------------------ validation
     def _check_prompt(self, prompt, what: str) -> np.ndarray:
         if isinstance(prompt, str | bytes):
-            raise ValueError(f"{what} must be a list of token ids, not text")
-        ids = np.asarray(prompt)
+            raise ArgumentTypeError(
+                f"{what} must be a list of token ids, not text (got {_short(prompt)})"
+            )
+        try:
+            ids = np.asarray(prompt)
+        except (TypeError, ValueError) as e:  # ragged nesting
+            raise ArgumentTypeError(
+                f"{what} is not a flat list of token ids (got {_short(prompt)}: {e})"
+            ) from e
         if ids.ndim != 1 or ids.size == 0:
-            raise ValueError(f"{what} is empty or not a flat list of token ids")
+            raise ValueError(
+                f"{what} is empty or not a flat list of token ids (got {_short(prompt)})"
+            )
         if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"{what} holds non-integer values (dtype {ids.dtype})")
+            items = ids.tolist() if isinstance(prompt, np.ndarray) else list(prompt)
+            for i, x in enumerate(items):
+                if isinstance(x, bool) or not isinstance(x, int | np.integer):
+                    raise ArgumentTypeError(
+                        f"{what} holds the non-integer value {x!r} at index {i} "
+                        f"({type(x).__name__}); token ids are integers"
+                    )
+            # Python ints too large for any integer dtype: compare them before converting.
+            vocab = self.model_config.vocab_size
+            bad = next((int(x) for x in items if not 0 <= x < vocab), None)
+            if bad is not None:
+                raise ValueError(f"{what} has token id {bad} outside the vocabulary [0, {vocab})")
+            ids = np.asarray(items, np.int64)
         vocab = self.model_config.vocab_size
         bad = ids[(ids < 0) | (ids >= vocab)]
         if bad.size:
@@ -517,6 +681,11 @@ class Engine:
         return ids.astype(np.int32)
 
     def _check_lora_name(self, name) -> None:
+        if name is not None and not isinstance(name, str):
+            raise ArgumentTypeError(
+                f"lora_name={_short(name)} must be an adapter name (str) or None, not "
+                f"{type(name).__name__}"
+            )
         if name is not None and not self.config.lora_enabled:
             raise ValueError(
                 f"adapter {name!r} asked for, but LoRA is off (enable_lora=True or lora_paths "
@@ -538,7 +707,9 @@ class Engine:
         adapters with running requests are left alone.
         """
         if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence) or not prompts:
-            raise ValueError("prompts must be a non-empty list of token-id lists")
+            raise ValueError(
+                f"prompts={_short(prompts)} must be a non-empty list of token-id lists"
+            )
         ids = [self._check_prompt(p, f"prompt {i}") for i, p in enumerate(prompts)]
         names = self._per_prompt(lora_name, len(ids), "lora_name")
         for name in names:
@@ -577,10 +748,20 @@ class Engine:
                 )
             slot, must_load = taken
             if must_load:
-                self.runner.load_lora(slot, self.adapters.get(name))
+                try:
+                    self.runner.load_lora(slot, self.adapters.get(name))
+                except Exception:
+                    self._empty_slot(slot, name)
+                    raise
         seqs = [
             (ids[i], NO_SLOT if names[i] is None else self.adapters.slot_of(names[i]))
             for i in batch
         ]
         for i, out in zip(batch, self.runner.score(seqs), strict=True):
             results[i] = out
+
+
+def _short(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (an error message names the value)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

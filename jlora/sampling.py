@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+import numpy as np
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type. A ``TypeError``, and a ``ValueError`` too, so that a caller
+    that refuses bad input by catching ``ValueError`` (the benchmark driver) catches it as well."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingParams:
-    """How one request generates. Invalid values raise ``ValueError`` naming them."""
+    """How one request generates. A value of the wrong type raises ``TypeError``, one out of range
+    ``ValueError``, both naming the field and the value; numpy numbers are taken as Python ones."""
 
     max_new_tokens: int = 16
     """Most tokens to generate (at least 1)."""
@@ -25,12 +35,49 @@ class SamplingParams:
     """Generate exactly max_new_tokens, whatever the tokens (benchmarks)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        # Numpy integers and floats are taken (prompts may be numpy arrays); bools, strings and
+        # non-finite numbers are not. Types first (TypeError), then ranges (ValueError).
+        set_ = object.__setattr__
+        set_(self, "max_new_tokens", _int("max_new_tokens", self.max_new_tokens))
+        if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens!r} must be at least 1")
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature={self.temperature!r} must be >= 0")
+        set_(self, "temperature", _float("temperature", self.temperature))
+        if not 0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature={self.temperature!r} must be finite and >= 0")
+        set_(self, "top_p", _float("top_p", self.top_p))
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p!r} must be in (0, 1]")
-        if not isinstance(self.top_k, int) or self.top_k == 0 or self.top_k < -1:
+        set_(self, "top_k", _int("top_k", self.top_k))
+        if self.top_k == 0 or self.top_k < -1:
             raise ValueError(f"top_k={self.top_k!r} must be -1 (all) or positive")
-        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        if self.seed is not None:
+            set_(self, "seed", _int("seed", self.seed))
+        stops = self.stop_token_ids
+        if isinstance(stops, str | bytes) or not isinstance(stops, Iterable):
+            raise ArgumentTypeError(f"stop_token_ids={stops!r} must be a list of token ids")
+        set_(self, "stop_token_ids", tuple(_int("stop_token_ids", t, stops) for t in stops))
+        if any(t < 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids={stops!r} must hold token ids >= 0")
+        if not isinstance(self.ignore_eos, bool | np.bool_):
+            raise ArgumentTypeError(f"ignore_eos={self.ignore_eos!r} must be True or False")
+        set_(self, "ignore_eos", bool(self.ignore_eos))
+
+
+def _int(field: str, value, whole=None) -> int:
+    """``value`` as a Python int: an int or numpy integer (not a bool, a float or a string)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        shown = value if whole is None else whole
+        raise ArgumentTypeError(
+            f"{field}={shown!r} must be an integer, not {type(value).__name__} ({value!r})"
+        )
+    return int(value)
+
+
+def _float(field: str, value) -> float:
+    """``value`` as a Python float: an int, float or numpy number (not a bool or a string)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
+        raise ArgumentTypeError(f"{field}={value!r} must be a number, not {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{field}={value!r} must be a number, not NaN")
+    return value

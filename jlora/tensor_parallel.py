@@ -26,7 +26,9 @@ Inside the shard the forward (:func:`models.llama.forward`) is the single-device
 per-shard config (:func:`local_config`: ``Hq/tp``, ``Hkv/tp``, ``I/tp``): attention over its own
 heads and its own slice of the KV cache, both LoRA kernels (``xla`` and ``pallas``) unchanged on
 the shard's slices. Hence ``num_kv_heads``, ``num_heads`` and ``intermediate_size`` must divide by
-``tp_size`` (and the vocabulary, for an untied head), checked by :func:`check_tp`.
+``tp_size``, checked by :func:`check_tp`. The vocabulary need not: an untied head is padded with
+zero columns to a multiple of ``tp_size`` (as vLLM pads its vocabulary shards) and the padded
+logits are cut off after the all-gather, never sampled (:func:`models.llama.logits`).
 
 **Communication per layer**, ``T`` tokens in the step, ``d`` the hidden size:
 
@@ -97,13 +99,12 @@ def check_tp(cfg: ModelConfig, tp_size: int) -> None:
     """Refuse a model the ``tp_size`` shards cannot split evenly, naming the values."""
     if not isinstance(tp_size, int) or isinstance(tp_size, bool) or tp_size < 1:
         raise ValueError(f"tp_size={tp_size!r} must be a positive integer")
+    # The vocabulary need not divide: the split lm_head is padded (models.weights.padded_vocab).
     checks = [
         ("num_key_value_heads", cfg.num_kv_heads),
         ("num_attention_heads", cfg.num_heads),
         ("intermediate_size", cfg.intermediate_size),
     ]
-    if not cfg.tie_word_embeddings:
-        checks.append(("vocab_size", cfg.vocab_size))
     for name, value in checks:
         if value % tp_size:
             raise ValueError(

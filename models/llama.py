@@ -249,12 +249,16 @@ def logits(
     """Next-token logits (float32) of final-normed hidden rows.
 
     As a tensor-parallel shard (``tp_axis``), an untied ``lm_head`` holds the shard's slice of the
-    vocabulary: its logits are all-gathered so that every shard samples from the whole row. A tied
-    head reads the embedding, which is replicated.
+    vocabulary: its logits are all-gathered so that every shard samples from the whole row. A
+    vocabulary that the shards do not divide is padded with zero columns up to a multiple of
+    ``tp_size`` (:func:`models.weights.padded_vocab`, as vLLM pads its vocabulary shards); the
+    padded logits are cut off here, so they are never sampled or scored. A tied head reads the
+    embedding, which is replicated.
     """
     if params.lm_head is None:
         return jnp.einsum("nd,vd->nv", hidden, params.embed, preferred_element_type=jnp.float32)
     out = jnp.dot(hidden, params.lm_head, preferred_element_type=jnp.float32)
     if tp_axis is None:
         return out
-    return jax.lax.all_gather(out, tp_axis, axis=1, tiled=True)
+    out = jax.lax.all_gather(out, tp_axis, axis=1, tiled=True)
+    return out[:, : params.embed.shape[0]]  # the real vocabulary (the embedding is never padded)

@@ -268,12 +268,21 @@ def load_hf_weights(
     return _to_params(top, layers, cfg, mesh)
 
 
+def padded_vocab(vocab_size: int, tp: int) -> int:
+    """The vocabulary of the split ``lm_head``: ``vocab_size`` rounded up to a multiple of ``tp``
+    (zero columns, whose logits :func:`models.llama.logits` cuts off after gathering them)."""
+    return -(-vocab_size // tp) * tp
+
+
 def _place(field: str, value: np.ndarray, cfg: ModelConfig, mesh: Mesh | None) -> jax.Array:
     if mesh is None:
         return jnp.asarray(value)
     fused = _fused(field, cfg, mesh)
     if fused is not None:
         value = value[..., fused_column_order(*fused)]
+    if field == "lm_head":
+        pad = padded_vocab(value.shape[-1], tp_size(mesh)) - value.shape[-1]
+        value = np.pad(value, ((0, 0), (0, pad)))
     # Each device receives only its slice (as jlora.tensor_parallel.put_host).
     return jax.make_array_from_callback(
         value.shape, field_sharding(field, mesh), lambda index: value[index]
@@ -316,6 +325,9 @@ def init_dummy_weights(
                 return jnp.ones(shape, jdtype)
             return _place(field, np.ones(shape, DTYPES[dtype]), cfg, mesh)
         scale = 0.002 if field.startswith("b_") else 0.02
+        pad = 0
+        if field == "lm_head":
+            pad = padded_vocab(cfg.vocab_size, tp_size(mesh)) - cfg.vocab_size
         return _normal(
             jax.random.fold_in(key, index),
             shape,
@@ -323,6 +335,7 @@ def init_dummy_weights(
             scale,
             _fused(field, cfg, mesh),
             field_sharding(field, mesh),
+            pad,
         )
 
     fields_per_layer = ["input_norm", "w_qkv", "w_o", "post_attn_norm", "w_gate_up", "w_down"]
@@ -342,7 +355,7 @@ def init_dummy_weights(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "dtype", "scale", "fused", "sharding"))
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "scale", "fused", "sharding", "pad"))
 def _normal(
     key: jax.Array,
     shape: tuple[int, ...],
@@ -350,10 +363,13 @@ def _normal(
     scale: float,
     fused: tuple | None = None,  # (sizes, tp): lay the columns out per shard
     sharding: NamedSharding | None = None,
+    pad: int = 0,  # zero columns appended (the split lm_head's padded vocabulary)
 ) -> jax.Array:
     x = (scale * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
     if fused is not None:
         x = x[..., fused_column_order(*fused)]
+    if pad:
+        x = jnp.pad(x, ((0, 0), (0, pad)))
     if sharding is not None:
         x = jax.lax.with_sharding_constraint(x, sharding)
     return x

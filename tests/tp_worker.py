@@ -3,6 +3,7 @@ devices) must be set before JAX starts, and the rest of the suite runs on one de
 ``tests/test_tensor_parallel.py`` starts these and reads the JSON they write.
 
     python -m tests.tp_worker equivalence OUT.json      # 8 fake CPU devices: tp 1, 2, 4
+    python -m tests.tp_worker odd_vocab OUT.json        # 4 fake CPU devices: vocabulary 257
     python -m tests.tp_worker distributed OUT.json      # one of two jax.distributed processes,
                                                         # 2 fake CPU devices each, tp 4 over both
                                                         # (JAX_COORDINATOR_ADDRESS etc. in the env)
@@ -13,6 +14,7 @@ Both run :func:`workload` on the same model, so their outputs compare with each 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -203,6 +205,40 @@ def distributed(out: Path) -> None:
     jax.distributed.shutdown()
 
 
+def odd_vocab(out: Path) -> None:
+    """A vocabulary that no tp_size divides (a fine-tune with one added token): tp 2 and 4, dummy
+    weights at tp 4 and the same weights read back from a checkpoint at tp 2, against tp 1."""
+    import numpy as np
+
+    from jlora import Engine
+    from models.config import ModelConfig
+    from models.save import save_hf_weights
+    from models.weights import init_dummy_weights
+
+    result: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir, ckpt_dir = Path(tmp) / "dummy", Path(tmp) / "ckpt"
+        model_dir.mkdir()
+        (model_dir / "config.json").write_text(json.dumps({**MODEL, "vocab_size": 257}))
+        cfg = ModelConfig.from_hf_dir(model_dir)
+        save_hf_weights(init_dummy_weights(cfg, "float32", 0), cfg, ckpt_dir)
+        runs = (("dummy", model_dir, 1), ("dummy", model_dir, 4), ("ckpt", ckpt_dir, 2))
+        for source, path, tp in runs:
+            config = engine_config(str(path), tp)
+            if source == "ckpt":
+                config = dataclasses.replace(config, load_format="auto")
+            engine = Engine(config)
+            res = workload(engine)
+            scores = engine.score([[5, 6, 7, 256]])[0]  # the added token, in and out
+            res["vocab"] = int(scores.shape[-1])
+            res["added_token_logit"] = float(scores[-1, 256])
+            lm_head = engine.runner.params.lm_head.addressable_shards[0].data
+            res["lm_head_local"] = list(lm_head.shape)
+            result[f"{source}/tp{tp}"] = res
+            del engine
+    out.write_text(json.dumps(result, default=lambda x: np.asarray(x).tolist()))
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a test's child process: this one's without its JAX and XLA settings
     (the child sets its own before JAX starts), the checkout on PYTHONPATH, and ``extra``."""
@@ -255,10 +291,10 @@ def run_workers(mode: str, out_dir: Path, timeout_s: float = 300) -> list[dict]:
 
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
-    devices = {"equivalence": 8, "distributed": 2}[mode]
+    devices = {"equivalence": 8, "distributed": 2, "odd_vocab": 4}[mode]
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     os.environ["JAX_PLATFORMS"] = "cpu"
-    {"equivalence": equivalence, "distributed": distributed}[mode](out)
+    {"equivalence": equivalence, "distributed": distributed, "odd_vocab": odd_vocab}[mode](out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ adapter targets; the config must agree with them.
 Everything else is refused at load time with an :class:`AdapterError` (a ``ValueError``) naming the
 adapter, the field and the value: DoRA, ``modules_to_save``, LoRA biases, embedding or lm_head
 targets, a rank above ``max_lora_rank``, a shape that does not fit the base model, a missing
-directory or file, a malformed config value.
+directory or file, a malformed config value, a weights file that cannot be read (truncated,
+empty), a config that is not UTF-8, an invalid regex, a NaN or Inf weight.
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def _read_config(name: str, path: Path) -> dict[str, Any]:
     if not (path / WEIGHTS_FILE).is_file():
         raise AdapterError(name, "path", str(path), f"has no {WEIGHTS_FILE}")
     try:
-        cfg = json.loads(config_path.read_text())
+        cfg = json.loads(config_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise AdapterError(name, CONFIG_FILE, str(config_path), f"is not UTF-8 text: {e}") from e
     except json.JSONDecodeError as e:
         raise AdapterError(name, CONFIG_FILE, str(config_path), f"is not valid JSON: {e}") from e
     if not isinstance(cfg, dict):
@@ -155,6 +158,10 @@ def _check_config(name: str, cfg: dict[str, Any]) -> None:
         if not isinstance(value, dict):
             raise AdapterError(name, field, value, "must be a dict")
         for key, v in value.items():
+            try:
+                re.compile(rf"(.*\.)?({key})$")
+            except re.error as e:
+                raise AdapterError(name, f"{field} key", key, f"is not a valid regex: {e}") from e
             if not isinstance(v, int | float) or isinstance(v, bool) or v <= 0:
                 raise AdapterError(name, f"{field}[{key!r}]", v, "must be a positive number")
     layers = cfg.get("layers_to_transform")
@@ -172,10 +179,6 @@ def load_peft_adapter(
     path = Path(path)
     cfg = _read_config(name, path)
     _check_config(name, cfg)
-    r, alpha = cfg["r"], cfg.get("lora_alpha", cfg["r"])
-    rslora = cfg.get("use_rslora", False)
-    rank_pattern = cfg.get("rank_pattern") or {}
-    alpha_pattern = cfg.get("alpha_pattern") or {}
     layers_cfg = cfg.get("layers_to_transform")
     allowed_layers = (
         None
@@ -184,8 +187,21 @@ def load_peft_adapter(
         if isinstance(layers_cfg, int)
         else set(layers_cfg)
     )
-    shapes = model.module_shapes()
+    try:
+        pairs = _read_tensors(name, path, model, allowed_layers, layers_cfg)
+    except AdapterError:
+        raise
+    except Exception as e:  # safetensors' own errors: truncated, empty or not safetensors
+        raise AdapterError(
+            name, WEIGHTS_FILE, str(path / WEIGHTS_FILE), f"cannot be read: {type(e).__name__}: {e}"
+        ) from e
+    return _build_adapter(name, path, model, max_lora_rank, cfg, pairs)
 
+
+def _read_tensors(
+    name: str, path: Path, model: ModelConfig, allowed_layers, layers_cfg
+) -> dict[tuple[int, str], dict[str, np.ndarray]]:
+    """The A/B tensors of the weights file by (layer, module), float32, each checked finite."""
     pairs: dict[tuple[int, str], dict[str, np.ndarray]] = {}
     with safe_open(path / WEIGHTS_FILE, framework="numpy") as fh:
         for tensor_name in fh.keys():  # noqa: SIM118 - safe_open handles are not iterable
@@ -217,9 +233,24 @@ def load_peft_adapter(
                     layers_cfg,
                     f"excludes layer {layer} of the weights",
                 )
-            tensor = fh.get_tensor(tensor_name)
-            pairs.setdefault((layer, module), {})[which] = tensor.astype(np.float32)
+            tensor = fh.get_tensor(tensor_name).astype(np.float32)
+            if not np.isfinite(tensor).all():
+                bad = int(np.size(tensor) - np.isfinite(tensor).sum())
+                raise AdapterError(
+                    name, "tensor", tensor_name, f"holds {bad} non-finite values (NaN or Inf)"
+                )
+            pairs.setdefault((layer, module), {})[which] = tensor
+    return pairs
 
+
+def _build_adapter(
+    name: str, path: Path, model: ModelConfig, max_lora_rank: int, cfg: dict[str, Any], pairs
+) -> LoraAdapter:
+    r, alpha = cfg["r"], cfg.get("lora_alpha", cfg["r"])
+    rslora = cfg.get("use_rslora", False)
+    rank_pattern = cfg.get("rank_pattern") or {}
+    alpha_pattern = cfg.get("alpha_pattern") or {}
+    shapes = model.module_shapes()
     if not pairs:
         raise AdapterError(name, WEIGHTS_FILE, str(path / WEIGHTS_FILE), "holds no LoRA weights")
     modules: dict[tuple[int, str], LoraModule] = {}

@@ -173,6 +173,13 @@ class AdapterPool:
         self.slot_loads += 1
         return slot, True
 
+    def vacate(self, slot: int) -> None:
+        """Mark ``slot`` empty (its adapter could not be copied in); the adapter stays known."""
+        name = self.occupant[slot]
+        if name is not None:
+            del self.slot_index[name]
+            self.occupant[slot] = None
+
     def touch(self, names: Iterable[str]) -> None:
         """Mark the slots of ``names`` as used now (lru)."""
         self._tick += 1

@@ -9,7 +9,10 @@ the padded rank ``R`` are zeros in ``a`` and ``b``, so the padding adds nothing.
 
 The reference is a one-hot einsum over all slots, the method other JAX engines use in production:
 exact and simple, but it reads every slot's weights for every token and pays the padded rank, which
-is what the Pallas kernels avoid.
+is what the Pallas kernels avoid. What sits in a slot that no token of the batch uses is never
+read into the result: such slots are masked out with ``where`` before the einsums (a product
+``0 x NaN`` would otherwise turn one bad adapter's NaN or Inf into every token's output), and the
+first einsum's rows of other slots are selected away, not multiplied by zero.
 """
 
 from __future__ import annotations
@@ -26,16 +29,21 @@ def lora_group_ref(
     batch: LoraBatch,  # token_slot [T]
     out_sizes: tuple[int, ...],  # M sizes summing to O
 ) -> jax.Array:  # [T, O], x.dtype
-    """LoRA delta of a module group for tokens of mixed slots (one-hot einsum)."""
+    """LoRA delta of a module group for tokens of mixed slots (one-hot einsum; slots no token
+    uses are masked out, so their content, NaN included, never reaches the result)."""
     num_slots = group.a.shape[0]
     # one_hot of NO_SLOT (-1) is all zeros, so tokens without an adapter get exactly 0.
-    onehot = jax.nn.one_hot(batch.token_slot, num_slots, dtype=jnp.float32)  # [T, S]
-    h = jnp.einsum("td,smrd->tsmr", x, group.a, preferred_element_type=jnp.float32)
-    h = h * jnp.einsum("ts,sm->tsm", onehot, group.scale.astype(jnp.float32))[..., None]
+    mine = batch.token_slot[:, None] == jnp.arange(num_slots)[None, :]  # [T, S]
+    used = jnp.any(mine, axis=0)  # [S]: slots some token of the batch reads
+    a = jnp.where(used[:, None, None, None], group.a, 0)
+    b = jnp.where(used[:, None, None], group.b, 0)
+    scale = jnp.where(used[:, None], group.scale.astype(jnp.float32), 0.0)  # [S, M]
+    h = jnp.einsum("td,smrd->tsmr", x, a, preferred_element_type=jnp.float32)
+    h = jnp.where(mine[:, :, None, None], h * scale[None, :, :, None], 0.0)
     h = h.astype(group.b.dtype)
     outs, off = [], 0
     for m, size in enumerate(out_sizes):
-        b_m = group.b[:, off : off + size, :]  # [S, out_m, R]
+        b_m = b[:, off : off + size, :]  # [S, out_m, R]
         outs.append(
             jnp.einsum("tsr,sor->to", h[:, :, m, :], b_m, preferred_element_type=jnp.float32)
         )

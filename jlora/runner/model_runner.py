@@ -267,6 +267,7 @@ class ModelRunner:
             graph_compiler_options(graph_scheduling)
         )
         self.page_size, self.lora_backend, self.mesh = page_size, lora_backend, mesh
+        self.num_pages = num_pages  # of the KV cache it owns (an engine taking it over reuses it)
         if attention_backend not in ("xla", "pallas"):
             raise ValueError(f"attention_backend={attention_backend!r} is not 'xla' or 'pallas'")
         self.attention_backend = attention_backend

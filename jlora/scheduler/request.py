@@ -36,8 +36,11 @@ class Request:
     num_computed: int = 0
     """Tokens whose K/V are in the cache (the prompt and outputs already fed through the model)."""
     finish_reason: str | None = None
-    """``stop`` (EOS or a stop token), ``length`` (max_new_tokens or the context), ``abort``."""
+    """``stop`` (EOS or a stop token), ``length`` (max_new_tokens or the context), ``abort``, or
+    ``error``: a failure inside a step ended it (e.g. its adapter could not be read again);
+    ``error`` then holds the message, and its pages and slot were freed."""
     error: str | None = None
+    """The message of an ``error`` finish (else None)."""
     finish_time: float | None = None
     wait_since: float = 0.0
     """When it last began to wait (arrival, preemption or pause): starvation is measured from it."""
