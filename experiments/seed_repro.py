@@ -49,7 +49,7 @@ RANKS = (8, 16, 16, 32, 64, 8)
 
 def all_settings(thresholds: list[float]) -> list[str]:
     names = ["off", "sglang@3"]
-    for policy in ("sglang", "reserve", "preempt"):
+    for policy in ("sglang", "reserve", "preempt", "fair"):
         names += [f"{policy}@{t:g}" for t in thresholds if not (policy == "sglang" and t == 3)]
     return names
 

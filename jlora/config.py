@@ -83,12 +83,15 @@ class EngineConfig:
     SGLang (where the base model takes a slot)."""
     lora_drain_wait_threshold: float = 0.0
     """Seconds a request may wait for its adapter to get a device slot before a drainer makes a
-    running adapter give one up (0: off, plain first come first served)."""
+    running adapter give one up (0: off, plain first come first served); for ``fair``, the wait
+    bound it aims for."""
     lora_drain_policy: str = "sglang"
     """How the slot is freed once the threshold has passed: ``sglang`` (SGLang's drainer: the
     victim admits no long request until it has drained), ``reserve`` (the same, with the freed
-    slot held for the starved adapter) or ``preempt`` (the victim's requests are paused, KV kept,
-    and resumed when a slot is theirs again). See :mod:`jlora.scheduler.policies`."""
+    slot held for the starved adapter), ``preempt`` (the victim's requests are paused, KV kept,
+    and resumed when a slot is theirs again) or ``fair`` (the busiest adapters keep their slots;
+    a victim is gated, then paused but for requests about to finish). See
+    :mod:`jlora.scheduler.policies` and ``experiments/results/policy_suite.md``."""
     random_seed: int = 0
     """Seed of dummy weights, dummy adapters and of requests that set no sampling seed."""
     tp_size: int = 1

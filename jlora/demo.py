@@ -2,7 +2,7 @@
 
 Six adapters of mixed ranks compete for three device slots under Poisson arrivals, as in the seed
 (SGLang's LoRADrainer pull request). The same workload runs with the drainer off, with SGLang's
-drainer, and with our pausing policy; the side-by-side table shows the cold adapters' tail TTFT,
+drainer, and with our ``fair`` policy; the side-by-side table shows the cold adapters' tail TTFT,
 and TensorBoard runs and PNG plots are written under ``runs/demo``.
 """
 
@@ -18,7 +18,7 @@ from jlora.config import EngineConfig
 SETTINGS = (
     "off",
     "sglang:lora_drain_wait_threshold={threshold},lora_drain_policy=sglang",
-    "preempt:lora_drain_wait_threshold={threshold},lora_drain_policy=preempt",
+    "fair:lora_drain_wait_threshold={threshold},lora_drain_policy=fair",
 )
 
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/demo", help="TensorBoard runs and plots go here")
     parser.add_argument("--num-prompts", type=int, default=200)
     parser.add_argument("--request-rate", type=float, default=20.0)
-    parser.add_argument("--threshold", type=float, default=0.25, help="drain wait threshold, s")
+    parser.add_argument("--threshold", type=float, default=1.0, help="drain wait threshold, s")
     args = parser.parse_args(argv)
     engine = EngineConfig(
         model="tiny",

@@ -1,4 +1,4 @@
-"""Scheduling policies: FCFS, and three LoRA drainers that bound an adapter's wait for a slot.
+"""Scheduling policies: FCFS, and four LoRA drainers that bound an adapter's wait for a slot.
 
 The problem
 -----------
@@ -18,11 +18,17 @@ Every policy is consulted once per admission round of :meth:`Scheduler.schedule
   of its waiting requests (and, for ``preempt``, its paused ones), and the largest remaining budget
   (``max_new_tokens - generated``) of its running requests; then the marks ``victim -> starved``
   are set and cleared. O(requests).
-* ``pauses``: the running requests to pause now (``preempt`` only).
+* ``pauses``: the running requests to pause now (``preempt`` and ``fair``).
 * ``order``: the walk's order: FCFS by ``wait_since``, paused requests first; ``preempt`` puts
-  the requests of the adapters past the threshold before all others.
-* ``holds``: slots kept for a starved adapter until it runs (``reserve`` and ``preempt``).
-* ``may_admit``: the draining adapter's admission tolerance (``sglang`` and ``reserve``).
+  the requests of the adapters past the threshold before all others, ``fair`` too, taking those
+  adapters' requests in turns.
+* ``holds``: slots kept for a starved adapter until it runs (``reserve``, ``preempt``, ``fair``).
+* ``may_admit``: the draining adapter's admission tolerance (``sglang`` and ``reserve``); a
+  victim admits nothing new (``preempt``) or only what was queued when it was marked (``fair``).
+
+The scheduler, not the policy, guarantees progress: after ``progress_bound`` rounds without a
+token it sets the policy's pauses and holds aside until one comes (:class:`Scheduler
+<jlora.scheduler.scheduler.Scheduler>`).
 
 The policies (``lora_drain_policy``; bounds are on the time from when a request of an adapter with
 no slot starts to wait until it is admitted; its first token follows one prefill step later.
@@ -39,16 +45,18 @@ between every two steps):
   adapter's own new requests wait for the whole drain.
 * ``reserve`` (:class:`ReserveDrainer`): the same, with its gaps closed. Bound: ``T + step +
   1.2 * R * t_dec`` plus the prefill steps that run meanwhile. Trades the same as ``sglang``.
-* ``preempt`` (:class:`PreemptDrainer`): pauses the victim. Bound: ``T + step`` while at most
+* ``preempt`` (:class:`PreemptDrainer`): pauses the victim once it has run for its residency
+  (``max(T, 20 loads)``). Bound: ``T + step`` plus what is left of that residency, while at most
   ``max_loras_per_batch`` adapters (minus pinned ones) pass the threshold within one step (each
-  extra batch of that many adds a step). Trades: the victim's requests stall (their time per output
-  token grows by the pause) and their KV pages stay allocated while paused; slot loads grow.
+  extra batch of that many adds a round). Trades: the victim's requests stall (their time per
+  output token grows by the pause) and their KV pages stay allocated while paused; slot loads grow.
+* ``fair`` (:class:`FairDrainer`): keeps the busiest adapters, gates a victim at ``T / 2`` and
+  pauses at ``T`` only what would not finish within ``GRACE``, with a residency of one mean
+  generation time. Bound: ``max(T, R) + GRACE + step`` per round of starving adapters (its
+  docstring). Trades less median TTFT and E2E than ``preempt`` for a looser bound.
 
-Measured on the seed workload (6 adapters, 3 slots, 4 req/s, lengths uniform in 1..512) with the
-fake runner (decode 25 ms, prefill 5 ms + 0.1 ms/token, 400 requests, 3 seeds;
-``experiments/fake_seed_workload.py``): off, P50/P99 TTFT 3.5 s / 92 s; ``sglang`` at any
-threshold, 5.8 s / 23 s; ``reserve`` about the same; ``preempt`` at 0.25 s, 76 ms / 0.34 s, with
-P99 E2E 34 s against 100 s off (at 0.1 s: 71 ms / 0.19 s, with twice the slot loads).
+How each fares against the drainer off over the workload suite (bursty, skewed, many adapters,
+trace replay, in the simulator): ``experiments/results/policy_suite.md``.
 """
 
 from __future__ import annotations
