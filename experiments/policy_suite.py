@@ -643,6 +643,7 @@ def render(runs, raw: Path, md: Path, meta: dict) -> str:
         "",
         *dominance(runs, settings, cells),
         "",
+        *_notes(raw),
         "## Cells",
         "",
         "The seed workload: Llama-3.1-8B (the simulator's H100 costs), six dummy adapters "
@@ -686,6 +687,13 @@ def render(runs, raw: Path, md: Path, meta: dict) -> str:
         old_log = (entry + "\n\n" + old_log).strip()
     lines += ["## Log", "", old_log, ""]
     return "\n".join(lines)
+
+
+def _notes(raw: Path) -> list[str]:
+    """The hand-written analysis kept beside the raw data (``notes.md``), if any: why the misses
+    happen, with figures read off the tables."""
+    notes = raw.parent / "notes.md"
+    return [notes.read_text().strip(), ""] if notes.is_file() else []
 
 
 def print_targets(runs, settings, cells) -> None:
