@@ -24,6 +24,8 @@ from pathlib import Path
 
 import jax
 
+from jlora.bench.results_file import git_commit, write_results_file
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "reliability.md"
 
@@ -50,9 +52,7 @@ def run(ops: int, seed: int, select: str | None) -> tuple[list[dict], int, float
 
 
 def render(rows: list[dict], ops: int, seed: int, wall: float, rc: int, command: str) -> str:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit(ROOT)
     date = datetime.date.today().isoformat()
     total_ops = sum(r["ops"] for r in rows)
     total_req = sum(r["requests"] for r in rows)
@@ -102,16 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, rc, wall, tail = run(args.ops, args.seed, args.select)
     print(tail)
     current = render(rows, args.ops, args.seed, wall, rc, command)
-    log = ""
-    if args.out.exists() and "## Log" in args.out.read_text():
-        log = args.out.read_text().split("## Log", 1)[1].lstrip("\n")
-    if args.log:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        entry = f"### {datetime.date.today().isoformat()} {commit}: {args.log}\n\n"
-        log = entry + log
-    args.out.write_text(current + "## Log\n\n" + log)
+    write_results_file(args.out, current, args.log, ROOT)
     print(f"wrote {args.out}")
 
 

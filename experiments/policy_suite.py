@@ -49,9 +49,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jlora.bench.seed import SEED_RANKS  # noqa: E402
+
 RESULTS = ROOT / "experiments/results"
 MODEL = "llama-3.1-8b"
-SEED_RANKS = (8, 16, 16, 32, 64, 8)
 SEED_WORKLOAD = dict(
     num_prompts=200, random_input_len=512, random_output_len=512, random_range_ratio=0.0
 )

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from jlora.bench.cli import RunnerCache, run_bench
 from jlora.bench.config import BenchConfig
-from jlora.config import EngineConfig
+from jlora.bench.seed import SEED_RANKS, seed_engine_config
 
 SEED_A100 = {  # the seed's own table: SGLang main vs the drainer PR at 3 s (A100, rate 4)
     "mean_e2e_latency_ms": (12060.28, 8502.00),
@@ -44,7 +44,6 @@ ROWS = [
     ("P99 TTFT ms", "p99_ttft_ms"),
     ("Output tok/s", "output_throughput"),
 ]
-RANKS = (8, 16, 16, 32, 64, 8)
 
 
 def all_settings(thresholds: list[float]) -> list[str]:
@@ -103,24 +102,7 @@ def main() -> None:
         if args.out:
             Path(args.out).write_text(text + "\n")
         return
-    engine = EngineConfig(
-        model=args.model,
-        load_format="dummy",
-        dtype="bfloat16",
-        lora_paths={f"adapter{i}": f"dummy:{r}" for i, r in enumerate(RANKS)},
-        max_loaded_loras=6,
-        max_loras_per_batch=3,
-        max_lora_rank=64,
-        context_length=1024,
-        # 128 sequences of up to 1024 tokens: 17 GB of KV cache beside the 16 GB of weights. (With
-        # attention_backend="xla", which gathers every sequence's pages, use 64 and 65536.)
-        max_running_requests=128,
-        max_total_tokens=131072,
-        max_prefill_tokens=2048,
-        decode_batch_buckets=(16, 64, 128),
-        prefill_token_buckets=(512, 2048),
-        kv_len_buckets=(1024,),
-    )
+    engine = seed_engine_config(args.model)
     tables = {}
     runners = RunnerCache()  # every rate's settings share one device runner
     for rate in args.rates:
@@ -158,8 +140,8 @@ def render(args, settings: list[str], tables: dict[float, dict]) -> str:
         f"- date: {datetime.date.today().isoformat()}; device: {jax.devices()[0].device_kind}; "
         f"jax {jax.__version__}; python {platform.python_version()}; backend: {args.backend}",
         f"- workload: `{args.model}` preset, dummy weights, bfloat16; 6 dummy adapters of ranks "
-        f"{', '.join(map(str, RANKS))} on all seven modules; {args.num_prompts} prompts, input and "
-        "output lengths uniform in [1, 512]; max loaded 6, per batch 3",
+        f"{', '.join(map(str, SEED_RANKS))} on all seven modules; {args.num_prompts} prompts, "
+        "input and output lengths uniform in [1, 512]; max loaded 6, per batch 3",
         f"- command: `PYTHONPATH=. python experiments/seed_repro.py {' '.join(sys.argv[1:])}`",
         "",
     ]

@@ -29,7 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BASE = "bac44e0"  # the commit before issue #17
-RANKS = (8, 16, 16, 32, 64, 8)
 
 
 def read_cost_model(spec: str):
@@ -52,25 +51,12 @@ def read_cost_model(spec: str):
 def run_one(model: str, cost, prefetch: bool, drain: float, rate: float, n: int) -> dict:
     from jlora.bench.driver import run_workload
     from jlora.bench.metrics import compute_metrics
+    from jlora.bench.seed import seed_engine_config
     from jlora.bench.workload import make_random_workload
-    from jlora.config import EngineConfig
     from jlora.sim import make_sim_engine
 
-    config = EngineConfig(
-        model=model,
-        load_format="dummy",
-        dtype="bfloat16",
-        lora_paths={f"adapter{i}": f"dummy:{r}" for i, r in enumerate(RANKS)},
-        max_loaded_loras=6,
-        max_loras_per_batch=3,
-        max_lora_rank=64,
-        context_length=1024,
-        max_running_requests=128,
-        max_total_tokens=131072,
-        max_prefill_tokens=2048,
-        decode_batch_buckets=(16, 64, 128),
-        prefill_token_buckets=(512, 2048),
-        kv_len_buckets=(1024,),
+    config = seed_engine_config(
+        model,
         lora_prefetch=prefetch,
         lora_drain_wait_threshold=drain,
         lora_drain_policy="preempt",

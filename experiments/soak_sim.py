@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import resource
-import subprocess
 import sys
 import time
 import warnings
@@ -34,6 +33,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jlora.bench.results_file import git_commit, write_results_file
 from jlora.config import EngineConfig
 from jlora.sampling import SamplingParams
 from jlora.scheduler.request import Status
@@ -202,9 +202,7 @@ def verdict(row: dict) -> bool:
 
 
 def render(rows: list[dict], args, command: str) -> str:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit(ROOT)
     ok = all(verdict(r) for r in rows)
     runs = ", ".join(f"{r['policy']} ({r['added']:,} requests)" for r in rows)
     lines = [
@@ -301,15 +299,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _write(rows: list[dict], args, command: str) -> None:
-    log = ""
-    if args.out.exists() and "## Log" in args.out.read_text():
-        log = args.out.read_text().split("## Log", 1)[1].lstrip("\n")
-    if args.log:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        log = f"### {datetime.date.today().isoformat()} {commit}: {args.log}\n\n" + log
-    args.out.write_text(render(rows, args, command) + "## Log\n\n" + log)
+    write_results_file(args.out, render(rows, args, command), args.log, ROOT)
 
 
 if __name__ == "__main__":
