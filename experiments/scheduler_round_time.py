@@ -86,6 +86,13 @@ def main() -> None:
     p.add_argument("--running", type=int, default=128)
     p.add_argument("--waiting", type=int, default=200)
     p.add_argument("--rounds", type=int, default=2000)
+    p.add_argument(
+        "--since",
+        type=float,
+        default=0.5,
+        help="seconds the waiting requests have waited at the first round (past --threshold: "
+        "adapters starve, and the drainers mark, pause and reorder)",
+    )
     args = p.parse_args()
     print(f"{args.running} running, {args.waiting} waiting,", end=" ")
     print(f"{args.adapters} adapters, {args.slots} slots")
@@ -94,7 +101,7 @@ def main() -> None:
     for policy in args.policies.split(","):
         sched = build(policy, args.threshold, args.adapters, args.slots, args.running, args.waiting)
         times = []
-        now = 0.5  # under the threshold: the rounds measure the bookkeeping, not pauses
+        now = args.since
         for _ in range(args.rounds):
             t0 = time.perf_counter()
             plan = sched.schedule(now)

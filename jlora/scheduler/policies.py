@@ -126,18 +126,16 @@ class AdapterStats:
     """Recomputed at every admission round."""
 
     waiting: int = 0
-    """Waiting requests (for ``preempt``, paused ones too)."""
+    """Waiting requests (for ``preempt`` and ``fair``, paused ones too)."""
     longest_wait: float = 0.0
     """Seconds the longest of them has waited (since ``wait_since``)."""
-    max_remaining: int = 0
-    """Largest remaining budget (``max_new_tokens - generated``) of its running requests."""
 
 
 def adapter_stats(
     sched: Scheduler, now: float, include_paused: bool = False
 ) -> dict[Adapter, AdapterStats]:
-    # Once per admission round over every request: plain loops over the per-adapter minimum of
-    # wait_since and maximum of the budget left, turned into AdapterStats at the end.
+    """Per adapter with queued requests: how many, and the longest wait. Once per admission
+    round over every queued request: a plain loop over the per-adapter minimum of wait_since."""
     count: dict[Adapter, int] = {}
     since: dict[Adapter, float] = {}
     queued = sched.waiting + sched.paused if include_paused else sched.waiting
@@ -150,19 +148,18 @@ def adapter_stats(
             count[name] = n + 1
             if t < since[name]:
                 since[name] = t
+    return {a: AdapterStats(n, now - since[a]) for a, n in count.items()}
+
+
+def max_remaining(sched: Scheduler) -> dict[Adapter, int]:
+    """Per running adapter, the largest remaining budget (``max_new_tokens - generated``) of its
+    running requests: what SGLang's drainer reads to pick and bound a victim."""
     left: dict[Adapter, int] = {}
     for r in sched.running:
         name, budget = r.lora_name, r.params.max_new_tokens - len(r.output)
         if budget > left.get(name, -1):
             left[name] = budget
-    stats = {a: AdapterStats(n, now - since[a]) for a, n in count.items()}
-    for name, budget in left.items():
-        s = stats.get(name)
-        if s is None:
-            stats[name] = AdapterStats(max_remaining=budget)
-        else:
-            s.max_remaining = budget
-    return stats
+    return left
 
 
 class SGLangDrainer(FCFS):
@@ -196,19 +193,30 @@ class SGLangDrainer(FCFS):
         self.threshold = threshold
         self.marks: dict[Adapter, Adapter] = {}  # victim -> the starved adapter it drains for
         self.stats: dict[Adapter, AdapterStats] = {}
+        self._remaining: dict[Adapter, int] | None = None  # max_remaining of this round
 
     def draining(self) -> dict[Adapter, Adapter]:
         return dict(self.marks)
+
+    def _left(self, sched: Scheduler, name: Adapter) -> int:
+        """The largest remaining budget of ``name``'s running requests, as at the start of this
+        round (counted on first use: most rounds choose no victim)."""
+        if self._remaining is None:
+            self._remaining = max_remaining(sched)
+        return self._remaining.get(name, 0)
 
     def _stat(self, name: Adapter) -> AdapterStats:
         return self.stats.get(name) or AdapterStats()
 
     def before_prefill(self, sched: Scheduler, now: float) -> None:
         self.stats = adapter_stats(sched, now)
+        self._remaining = None
         running = sched.running_adapters()
         self._mark(sched, running)
         for victim in [v for v in self.marks if v not in running]:  # fully drained
             del self.marks[victim]
+        if self.marks:  # may_admit reads the budgets as they were before this round's walk
+            self._left(sched, None)
 
     def _mark(self, sched: Scheduler, running: set[Adapter]) -> None:
         if sched.slot_units(running) < sched.adapters.num_slots:
@@ -226,7 +234,7 @@ class SGLangDrainer(FCFS):
         for starved in new:
             if not eligible:
                 break
-            victim = min(eligible, key=lambda a: (self._stat(a).max_remaining, _name_key(a)))
+            victim = min(eligible, key=lambda a: (self._left(sched, a), _name_key(a)))
             if starved is not None:  # SGLang stores None as "not draining": no mark
                 self.marks[victim] = starved
             eligible.remove(victim)
@@ -234,7 +242,7 @@ class SGLangDrainer(FCFS):
     def may_admit(self, sched: Scheduler, req: Request, now: float) -> bool:
         if self.marks.get(req.lora_name) is None:
             return True
-        budget = self._stat(req.lora_name).max_remaining
+        budget = self._left(sched, req.lora_name)
         return req.params.max_new_tokens <= DRAIN_TOLERANCE * budget
 
 
@@ -277,6 +285,7 @@ class ReserveDrainer(SGLangDrainer):
 
     def before_prefill(self, sched: Scheduler, now: float) -> None:
         self.stats = adapter_stats(sched, now, include_paused=self._paused_wait)
+        self._remaining = None
         running = sched.running_adapters()
         for victim, starved in list(self.marks.items()):
             if starved in running or self._stat(starved).waiting == 0:
@@ -333,7 +342,7 @@ class ReserveDrainer(SGLangDrainer):
         eligible = self._eligible(sched, running)
         if not eligible:
             return None
-        return min(eligible, key=lambda a: (self._stat(a).max_remaining, _name_key(a)))
+        return min(eligible, key=lambda a: (self._left(sched, a), _name_key(a)))
 
     def may_admit(self, sched: Scheduler, req: Request, now: float) -> bool:
         name = req.lora_name
@@ -453,7 +462,7 @@ class PreemptDrainer(ReserveDrainer):
             count[r.lora_name] = count.get(r.lora_name, 0) + 1
         return min(
             eligible,
-            key=lambda a: (count.get(a, 0), self._stat(a).max_remaining, _name_key(a)),
+            key=lambda a: (count.get(a, 0), self._left(sched, a), _name_key(a)),
         )
 
     def may_admit(self, sched: Scheduler, req: Request, now: float) -> bool:
@@ -564,7 +573,7 @@ class FairDrainer(PreemptDrainer):
         for r in sched.running:
             if r.lora_name in hurt and r.remaining_budget * step > self.GRACE:
                 hurt[r.lora_name] += 1
-        victim = min(candidates, key=lambda a: (hurt[a], self._stat(a).max_remaining, _name_key(a)))
+        victim = min(candidates, key=lambda a: (hurt[a], self._left(sched, a), _name_key(a)))
         seated = sched.seated_since.get(victim, -math.inf)
         return victim if seated <= self.now - self.residency(sched) else None
 
