@@ -36,15 +36,14 @@ import numpy as np
 from jlora.bench.results_file import git_commit, write_results_file
 from jlora.config import EngineConfig
 from jlora.sampling import SamplingParams
+from jlora.scheduler.policies import DRAIN_POLICIES
 from jlora.scheduler.request import Status
 from jlora.sim import make_sim_engine
 
 ROOT = Path(__file__).resolve().parent.parent
-POLICIES = {
+POLICIES = {  # off, then every drain policy at a short threshold (50 ms: the most churn)
     "off": dict(lora_drain_wait_threshold=0.0),
-    "sglang": dict(lora_drain_policy="sglang", lora_drain_wait_threshold=0.05),
-    "reserve": dict(lora_drain_policy="reserve", lora_drain_wait_threshold=0.05),
-    "preempt": dict(lora_drain_policy="preempt", lora_drain_wait_threshold=0.05),
+    **{p: dict(lora_drain_policy=p, lora_drain_wait_threshold=0.05) for p in DRAIN_POLICIES},
 }
 RANKS = (8, 16, 32, 64)
 
