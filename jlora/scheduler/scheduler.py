@@ -306,7 +306,7 @@ class Scheduler:
         request uses, that is not pinned and that no policy hold names. Nothing is admitted and
         no slot unit is taken: the slot stays free for any adapter that is seated before."""
         queue = self.paused + self.waiting
-        wanted = {r.lora_name for r in self.running} | {r.lora_name for r in queue}
+        wanted = set(self.running_count) | {r.lora_name for r in queue}
         holds = self.policy.holds()
         keep = (wanted | self.adapters.pinned | set(holds) | set(holds.values())) - {None}
         if all(name in keep for name in self.adapters.occupant):
