@@ -51,9 +51,10 @@ class EngineConfig:
     """LoRA math: ``xla`` (reference, one-hot einsum) or ``pallas`` (kernels for the platform;
     interpret mode on CPU)."""
     attention_backend: str = "auto"
-    """Decode attention over the paged KV cache: ``pallas`` (the GPU kernel that reads pages in
-    place; interpret mode on CPU), ``xla`` (reference: gathers each sequence's pages) or ``auto``
-    (``pallas`` on GPU, ``xla`` elsewhere; there is no TPU kernel). With ``pallas`` and no
+    """Attention of the steps: ``pallas`` (GPU kernels: decode reads the KV pages in place,
+    prefill is a flash attention over the step's packed sequences; interpret mode on CPU), ``xla``
+    (reference: decode gathers each sequence's pages, prefill is one dense masked softmax) or
+    ``auto`` (``pallas`` on GPU, ``xla`` elsewhere; there is no TPU kernel). With ``pallas`` and no
     ``kv_len_buckets`` the decode step has a single page-table width, the full context."""
     graph_scheduling: str = "concurrent"
     """GPU only: how XLA orders the kernels of a step's CUDA graph (its command-buffer scheduling

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jlora.kernels import LoraBatch, LoraGroup, lora_group_delta
+from jlora.kernels.prefill_attention import dense_attention
 from models.config import ModelConfig
 
 
@@ -102,24 +103,6 @@ class SegmentAttention:
         )
         mask = mask | jnp.eye(q.shape[0], dtype=bool)
         return dense_attention(q, k, v, mask), kv_state
-
-
-def dense_attention(
-    q: jax.Array,  # [Tq, Hq, D]
-    k: jax.Array,  # [Tk, Hkv, D]
-    v: jax.Array,  # [Tk, Hkv, D]
-    mask: jax.Array,  # [Tq, Tk] bool, True = may attend
-) -> jax.Array:  # [Tq, Hq, D]
-    """Grouped-query softmax attention with float32 scores."""
-    tq, hq, d = q.shape
-    hkv = k.shape[1]
-    qg = q.reshape(tq, hkv, hq // hkv, d)
-    scores = jnp.einsum("qkgd,skd->kgqs", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * (d**-0.5)
-    scores = jnp.where(mask[None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("kgqs,skd->qkgd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(tq, hq, d).astype(q.dtype)
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:

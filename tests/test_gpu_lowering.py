@@ -16,6 +16,7 @@ import pytest
 from jlora.kernels import LoraGroup, make_lora_batch
 from jlora.kernels.lora_gpu import lora_group_gpu
 from jlora.kernels.paged_attention import DecodeAttentionBlocks, paged_decode_attention_gpu
+from jlora.kernels.prefill_attention import PrefillAttentionBlocks, prefill_attention_gpu
 from tests.test_kernels import DOWN, GATE_UP, O_PROJ, QKV, make_group, routing
 
 
@@ -44,6 +45,32 @@ def test_paged_decode_attention_lowers_for_cuda(splits):
         seq_lens,
     )
     assert "paged_decode_attention" in text
+
+
+@pytest.mark.parametrize(
+    "num_tokens, blocks", [(2048, None), (100, PrefillAttentionBlocks(32, 64))]
+)
+def test_prefill_attention_lowers_for_cuda(num_tokens, blocks):
+    """Llama-3.1-8B's heads, traced from shapes alone."""
+    hq, hkv, d = 32, 8, 128
+    q = jax.ShapeDtypeStruct((num_tokens, hq, d), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct((num_tokens, hkv, d), jnp.bfloat16)
+    prefix = jax.ShapeDtypeStruct((1024, hkv, d), jnp.bfloat16)
+    ids = jax.ShapeDtypeStruct((num_tokens,), jnp.int32)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    text = _lower_for_cuda(
+        lambda *a: prefill_attention_gpu(*a, blocks=blocks),
+        q,
+        k,
+        k,
+        prefix,
+        prefix,
+        ids,
+        ids,
+        scalar,
+        scalar,
+    )
+    assert "prefill_attention" in text
 
 
 @pytest.mark.parametrize("shape", [QKV, O_PROJ, GATE_UP, DOWN], ids=["qkv", "o", "gate_up", "down"])

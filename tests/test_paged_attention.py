@@ -117,8 +117,9 @@ def test_attention_backend_setting():
 
 
 def test_engine_greedy_tokens_equal_across_attention_backends():
-    """Continuous batching with decode attention in the kernel (interpret mode) gives the xla
-    backend's tokens: requests of different lengths, adapters and arrival steps."""
+    """Continuous batching with both attention kernels (interpret mode) gives the xla backend's
+    tokens: requests of different lengths, adapters and arrival steps, long prompts prefilled in
+    chunks (the prefill kernel's prefix)."""
 
     def run(backend: str) -> list[list[int]]:
         engine = Engine(
@@ -132,6 +133,7 @@ def test_engine_greedy_tokens_equal_across_attention_backends():
                 page_size=4,
                 max_running_requests=4,
                 max_prefill_tokens=64,
+                chunked_prefill_size=16,
                 decode_batch_buckets=(4,),
                 warmup=False,
                 attention_backend=backend,

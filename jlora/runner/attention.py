@@ -12,8 +12,10 @@ other sequence starts at position 0 in its step, so no other gather is needed.
 Both read the cache as it was before the step and take the step's own K/V directly; the step
 writes all layers' new K/V into the cache once, at its end
 (:func:`~jlora.runner.kv_cache.commit_kv_state`). Prefill gathers the prefix pages it reads (one
-sequence at most). Decode either gathers (``backend="xla"``, the reference) or runs the Pallas
-kernel that reads pages in place (``"pallas"``, :mod:`jlora.kernels.paged_attention`).
+sequence at most), then runs one dense masked softmax (``backend="xla"``, the reference) or the
+flash-attention kernel of :mod:`jlora.kernels.prefill_attention` (``"pallas"``). Decode either
+gathers (``backend="xla"``, the reference) or runs the Pallas kernel that reads pages in place
+(``"pallas"``, :mod:`jlora.kernels.paged_attention`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import jax
-import jax.numpy as jnp
 
 from jlora.kernels.paged_attention import paged_decode_attention_gpu, paged_decode_attention_ref
-from models.llama import dense_attention
+from jlora.kernels.prefill_attention import prefill_attention_gpu, prefill_attention_ref
 
 # _gather_after: every layer reads the cache as it was before the step, so nothing stops XLA from
 # hoisting all layers' page gathers to the start of the step and holding them at once. The H100
@@ -42,6 +43,11 @@ class PrefillAttention:
     prefix_pages: jax.Array  # [P] int32, pages of the continuing sequence's earlier chunks
     prefix_len: jax.Array  # [] int32, tokens in those pages (0: no continuing sequence)
     prefix_seq: jax.Array  # [] int32, seq_id of the continuing sequence (-2: none)
+    backend: str = field(default="xla", metadata=dict(static=True))
+    """``"xla"``: one dense masked softmax (reference); ``"pallas"``: the flash-attention kernel
+    that visits only the key blocks each query block can see."""
+    interpret: bool = field(default=False, metadata=dict(static=True))
+    """Run the Pallas kernel in interpret mode (CPU)."""
 
     def __call__(self, layer, q, k, v, state):
         cache, ks, vs = state
@@ -51,21 +57,12 @@ class PrefillAttention:
         num_prefix = self.prefix_pages.shape[0] * ps
         pk = kc[prefix_pages].reshape(num_prefix, h, d)
         pv = vc[prefix_pages].reshape(num_prefix, h, d)
-        keys = jnp.concatenate([pk, k.astype(pk.dtype)], axis=0)
-        values = jnp.concatenate([pv, v.astype(pv.dtype)], axis=0)
-        prefix_pos = jnp.arange(num_prefix, dtype=jnp.int32)
-        key_seq = jnp.concatenate([jnp.full((num_prefix,), self.prefix_seq), self.seq_ids])
-        key_pos = jnp.concatenate([prefix_pos, self.positions])
-        key_ok = jnp.concatenate([prefix_pos < self.prefix_len, self.seq_ids >= 0])
-        mask = (
-            (self.seq_ids[:, None] == key_seq[None, :])
-            & (key_pos[None, :] <= self.positions[:, None])
-            & key_ok[None, :]
-        )
-        # A padding token sees only itself, so its row stays finite.
-        t = q.shape[0]
-        mask = mask.at[jnp.arange(t), num_prefix + jnp.arange(t)].set(True)
-        return dense_attention(q, keys, values, mask), (cache, ks + (k,), vs + (v,))
+        args = (q, k, v, pk, pv, self.seq_ids, self.positions, self.prefix_len, self.prefix_seq)
+        if self.backend == "pallas":
+            out = prefill_attention_gpu(*args, interpret=self.interpret)
+        else:
+            out = prefill_attention_ref(*args)
+        return out, (cache, ks + (k,), vs + (v,))
 
 
 @jax.tree_util.register_dataclass

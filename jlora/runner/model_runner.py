@@ -418,6 +418,8 @@ class ModelRunner:
             prefix_pages=prefix_pages,
             prefix_len=np.int32(prefix_len),
             prefix_seq=np.int32(prefix_seq),
+            backend=self.attention_backend,
+            interpret=self._interpret,
         )
         lora_batch = self._lora_batch(token_slot, False)
         inputs = (tokens, positions, attention, lora_batch, last_index)
@@ -540,6 +542,8 @@ class ModelRunner:
                 prefix_pages=np.zeros(self.buckets.prefix_pages, np.int32),
                 prefix_len=np.int32(0),
                 prefix_seq=np.int32(-2),
+                backend=self.attention_backend,
+                interpret=self._interpret,
             )
             lora_batch = self._lora_batch(np.full(t, NO_SLOT), False)
             return (zeros, zeros, attention, lora_batch, np.zeros(r, np.int32))
