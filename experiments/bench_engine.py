@@ -72,6 +72,7 @@ def _engine_part(args) -> dict:
                     prefill_token_buckets=(args.prefill_tokens,),
                     kv_len_buckets=(args.context,),
                     max_total_tokens=max(batches) * args.context,
+                    overlap_schedule=False,  # the plain column; the overlapped engine below
                 )
             )
             startup = time.perf_counter() - t0

@@ -125,15 +125,15 @@ class EngineConfig:
     ``context_length``)."""
     warmup: bool = True
     """Compile every bucket at start-up, so serving never compiles."""
-    overlap_schedule: bool = False
+    overlap_schedule: bool | None = None
     """Overlap the host's work with the device's (SGLang's overlap scheduler): while decode step
     N runs, step N+1 of the same requests is planned and dispatched, its input tokens read on the
     device from step N's output; step N's tokens reach the host one ``step()`` later. Only while
     the scheduler has nothing else to decide (no request waits, is paused or mid-prefill) and the
     pages for one more token are free; otherwise the engine waits for step N first. Requests that
     end by length at N are left out of N+1; one that stops (EOS) at N has computed one token more,
-    which is dropped. Outputs are the same either way. Real runner only (the fake runner and the
-    simulator run without it)."""
+    which is dropped. Outputs are the same either way. ``None``: on with a GPU (and in a simulation
+    of one whose cost model calibrated it), off elsewhere. The fake runner runs without it."""
 
     @property
     def lora_enabled(self) -> bool:
@@ -215,6 +215,13 @@ class EngineConfig:
         if self.stage_host_inputs is None:
             return platform == "gpu"
         return self.stage_host_inputs
+
+    def resolved_overlap_schedule(self, platform: str) -> bool:
+        """Whether decode steps overlap the host's work on ``platform`` (``cpu``, ``gpu``,
+        ``tpu``)."""
+        if self.overlap_schedule is None:
+            return platform == "gpu"
+        return self.overlap_schedule
 
     def resolved_attention_backend(self, platform: str) -> str:
         """``xla`` or ``pallas`` on ``platform`` (``cpu``, ``gpu``, ``tpu``)."""

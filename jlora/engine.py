@@ -206,7 +206,9 @@ class Engine:
         self._seeds: dict[int, int] = {}  # rid -> sampling seed
         self.num_steps = 0
         # Overlap scheduling: the dispatched decode step whose tokens the host has not read yet.
-        self._overlap = config.overlap_schedule and getattr(runner, "supports_overlap", False)
+        self._overlap = config.resolved_overlap_schedule(jax.default_backend()) and getattr(
+            runner, "supports_overlap", False
+        )
         self._in_flight: tuple[list[Request], LaunchedDecode] | None = None
         self._last_resolved: float | None = None  # when the previous overlapped step's tokens came
         self.num_lookahead_steps = 0

@@ -272,12 +272,58 @@ def test_bench_runs_the_simulator(tmp_path):
     assert [json.loads(x)["setting"] for x in lines] == ["off", "sglang"]
 
 
-def test_the_simulator_says_it_does_not_model_overlap():
+def test_overlap_needs_a_cost_model_that_calibrated_it():
+    """A cost model without overlapped decode steps runs the plain loop, and says so when overlap
+    was asked for; by default (a CPU model) it is off without a word."""
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         engine = make_sim_engine(_config(overlap_schedule=True))
-    assert any("overlap_schedule=True is not modelled" in str(w.message) for w in seen)
-    assert not engine._overlap  # the plain loop, as its cost model was calibrated
+    assert any("no overlapped decode steps" in str(w.message) for w in seen)
+    assert not engine._overlap
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        engine = make_sim_engine(_config())
+    assert not engine._overlap and not any("overlap" in str(w.message) for w in seen)
+
+
+def _overlap_cost(device_period: float, host: float) -> CostModel:
+    """The shipped CPU model with overlapped decode steps of a constant period and host share."""
+    cpu = CostModel.load_file(default_cost_model_path("tiny"))
+    return dataclasses.replace(
+        cpu, decode_overlap={"const": device_period}, decode_host={"const": host}
+    )
+
+
+@pytest.mark.parametrize("host", [0.0001, 0.5])
+def test_overlapped_decode_steps_take_the_longer_of_host_and_device(host):
+    """Under overlap a decode step that follows one in flight ends max(device period, host share)
+    after it; the same requests get the same tokens as without overlap, and a decode-bound run
+    ends sooner whenever the overlapped period is shorter than a whole step."""
+    period = 0.0002  # well under a whole decode step of the CPU model (a few ms)
+    cost = _overlap_cost(period, host)
+    runs = {}
+    for overlap in (False, True):
+        engine = make_sim_engine(_config(overlap_schedule=overlap), cost=cost)
+        assert engine._overlap == overlap
+        params = SamplingParams(max_new_tokens=40, ignore_eos=True)
+        rids = [engine.add_request([5] * 16, params, f"a{i % 2}") for i in range(8)]
+        outputs = {}
+        while engine.has_unfinished():
+            for out in engine.step():
+                outputs[out.rid] = out.token_ids
+        runs[overlap] = ([outputs[r] for r in rids], engine.clock.now(), engine)
+    assert runs[True][0] == runs[False][0]
+    engine = runs[True][2]
+    assert engine.num_lookahead_steps > 30  # nearly every decode step after the first
+    whole = runs[False][1]
+    overlapped = runs[True][1]
+    if host < period:
+        assert overlapped < whole
+    else:
+        assert overlapped > whole  # a host share longer than the step binds the period
+    # Each lookahead step adds exactly the overlapped period to the run.
+    expected = max(period, host) * engine.num_lookahead_steps
+    assert engine.runner.busy["decode"] >= expected
 
 
 def test_a_gpu_cost_model_names_its_step_settings():

@@ -199,16 +199,23 @@ def make_sim_engine(
     """
     if cost is None:
         cost = load_cost_model(config, cost_model_path)
-    if config.overlap_schedule:
+    # Overlap as the simulated device would run it (on by default with a GPU), where the cost
+    # model calibrated overlapped steps.
+    overlap = config.resolved_overlap_schedule("cpu" if cost.info.get("device") == "cpu" else "gpu")
+    if overlap and not cost.models_overlap:
         warnings.warn(
-            "overlap_schedule=True is not modelled by the simulator: it runs the engine loop "
-            "without overlap (its cost models are calibrated that way)",
+            f"overlap_schedule={config.overlap_schedule!r}: the cost model has no overlapped "
+            "decode steps (decode_overlap), so the simulation runs the engine loop without overlap",
             stacklevel=2,
         )
+        overlap = False
     model = config.model_config()
     pages = device_kv_pages(config, model, cost)
     config = dataclasses.replace(
-        config, max_total_tokens=(pages - 1) * config.page_size, warmup=False
+        config,
+        max_total_tokens=(pages - 1) * config.page_size,
+        warmup=False,
+        overlap_schedule=overlap,
     )
     clock = FakeClock()
     runner = SimRunner(

@@ -40,7 +40,7 @@ from jlora.bench.driver import run_workload
 from jlora.bench.workload import make_random_workload
 from jlora.engine import Engine
 from jlora.kernels.types import NO_SLOT
-from jlora.runner.base import DecodeSeq, PrefillSeq
+from jlora.runner.base import FED_BACK, DecodeSeq, PrefillSeq
 from jlora.sampling import SamplingParams
 from jlora.sim.cost_model import (
     FEATURES,
@@ -93,6 +93,9 @@ class Design:
     """Longest prompt and output of the serving run (at most half the context)."""
     seed: int = 12345
     """Seed of the serving run's workload."""
+    overlap_steps: int = 8
+    """Back-to-back launched decode steps timed per designed decode step, where the runner
+    overlaps (``CostModel.decode_overlap``; 0: not measured)."""
 
 
 def device_tag() -> str:
@@ -157,11 +160,33 @@ def _mix_slots(mix: str, n: int, seated: list[tuple[int, int]]) -> list[int]:
     return [seated[i % len(seated)][0] for i in range(n)]
 
 
-def measure_steps(engine: Engine, design: Design, timer: Timer = time.perf_counter) -> list[Sample]:
+def _overlapped_period(runner, seqs: list[DecodeSeq], steps: int, timer: Timer) -> float:
+    """Seconds per step of ``steps`` decode steps each launched while the one before runs, as
+    overlap scheduling runs them (their input tokens fed back on the device)."""
+    fed_back = [dataclasses.replace(s, token=FED_BACK) for s in seqs]
+    runner.launch_decode(seqs, None).tokens()  # warm: the first launch after other steps
+    t = timer()
+    launched = runner.launch_decode(seqs, None)
+    for _ in range(steps):
+        following = runner.launch_decode(fed_back, launched)
+        launched.tokens()
+        launched = following
+    launched.tokens()
+    return (timer() - t) / (steps + 1)
+
+
+def measure_steps(
+    engine: Engine,
+    design: Design,
+    timer: Timer = time.perf_counter,
+    overlapped: list[Sample] | None = None,
+) -> list[Sample]:
     """Time the real runner's steps over the design (see the module docstring).
 
     The steps are timed round-robin (every step once, then every step again...), so that each
-    timing follows a different step, as in serving, rather than a copy of itself.
+    timing follows a different step, as in serving, rather than a copy of itself. With
+    ``overlapped`` (a list), each designed decode step is also timed back to back under overlap
+    (:attr:`Design.overlap_steps`) and its sample appended there.
     """
     runner, b, ps = engine.runner, engine.buckets, engine.config.page_size
     layout = StepLayout(b, ps, runner.slots.slot_rank)
@@ -207,6 +232,12 @@ def measure_steps(engine: Engine, design: Design, timer: Timer = time.perf_count
                 call(seqs)
                 if rep >= design.warm:
                     record.append(timer() - t)
+        if overlapped is not None:
+            for kind, seqs in steps:
+                if kind == "decode":
+                    shape, feats = decode_features(seqs, layout)
+                    period = _overlapped_period(runner, seqs, design.overlap_steps, timer)
+                    overlapped.append(Sample(kind, shape, feats, period))
     finally:
         pool.free(pages)
     samples = []
@@ -380,10 +411,13 @@ def fit_cost_model(
     loads: LoadSamples,
     info: dict,
     memory: dict,
+    overlapped: list[Sample] = (),
 ) -> CostModel:
     """The device terms fitted on the step samples (designed and served), the host terms fitted
     on the host samples and added on top, the loads fitted on their own (``loads.slot`` with the
-    served loads' host times)."""
+    served loads' host times). With ``overlapped`` decode samples, the overlapped period
+    (``decode_overlap``, on the decode step's features) and the decode host share
+    (``decode_host``)."""
     coefs, shapes, fit = {}, {}, {}
     for kind in ("prefill", "decode"):
         mine = [s for s in design + serving if s.kind == kind]
@@ -411,7 +445,19 @@ def fit_cost_model(
         coefs[kind] = {f: coef[f] + host_coef[f] for f in FEATURES}
         shapes[kind] = residual
     fit.update(load_fit(loads))
+    overlap_terms = {}
+    if overlapped:
+        features = DEVICE_FEATURES + tuple(
+            f for f in LORA_FEATURES if fit["decode"]["device_coef"].get(f)
+        )
+        coef, _ = fit_step_model(list(overlapped), features)
+        c = np.array([coef[f] for f in FEATURES])
+        shift = float(np.mean([s.seconds - np.dot(c, s.features) for s in overlapped]))
+        coef["const"] = max(0.0, coef["const"] + shift)  # sums of steps follow the mean
+        fit["decode_overlap"] = fit_errors(list(overlapped), coef, {})
+        overlap_terms = {"decode_overlap": coef, "decode_host": fit["decode"]["host_coef"]}
     model = CostModel(
+        **overlap_terms,
         prefill=coefs["prefill"],
         decode=coefs["decode"],
         **load_terms(loads),
@@ -454,8 +500,13 @@ def calibrate(
     :class:`~jlora.sim.fidelity.CpuClock`)."""
     design = design or Design()
     t0 = time.perf_counter()
-    steps = measure_steps(engine, design, timer)
-    log(f"designed steps: {len(steps)} timed in {time.perf_counter() - t0:.1f} s")
+    overlaps = design.overlap_steps and getattr(engine.runner, "supports_overlap", False)
+    overlapped: list[Sample] | None = [] if overlaps else None
+    steps = measure_steps(engine, design, timer, overlapped)
+    log(
+        f"designed steps: {len(steps)} (and {len(overlapped or [])} overlapped) timed in "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     t1 = time.perf_counter()
     loads = measure_loads(engine, design, timer)
     log(f"loads: {len(loads.slot)} ranks timed in {time.perf_counter() - t1:.1f} s")
@@ -486,10 +537,11 @@ def calibrate(
             "decode_batch_buckets": list(engine.buckets.decode_batch),
             "kv_pages_buckets": list(engine.buckets.kv_pages),
             "kv_pages": engine.pages.num_pages,
+            "overlap_schedule": bool(overlapped),
         },
         "calibration_seconds": round(time.perf_counter() - t0, 1),
         "load_terms": LOAD_BUILD,
     }
     memory = {"bytes_limit": stats["bytes_limit"]} if "bytes_limit" in stats else {}
     loads = dataclasses.replace(loads, slot=loads.slot + served_loads)
-    return fit_cost_model(steps, served, host, loads, info, memory)
+    return fit_cost_model(steps, served, host, loads, info, memory, overlapped or [])

@@ -31,7 +31,11 @@ Putting an adapter into a device slot holds the host loop for ``load.const + loa
 slot is usable ``load_device.const + load_device.rank * r`` later (the transfer and the write, off
 the host loop: a step that uses the slot starts no earlier, the others are not delayed). A cost
 model from before loads were asynchronous has no ``load_device`` (0: its ``load`` is the whole,
-blocking load). Reading an adapter into host memory again after the host cache dropped it
+blocking load). Under ``overlap_schedule`` a decode step launched while the step before it runs
+(the engine's lookahead) takes ``max(decode_overlap, decode_host)`` over the same features: the
+device's period of back-to-back launched steps, measured so, against the host's share of the step,
+which then runs beside it; a cost model without ``decode_overlap`` does not model overlap.
+Reading an adapter into host memory again after the host cache dropped it
 (``max_loaded_loras``) costs ``host_load.const + host_load.rank * r``. The coefficients are fitted
 by non-negative least squares on relative error (:func:`fit_nonneg`) from steps the real engine ran
 (:mod:`jlora.sim.calibrate`, ``experiments/calibrate_costs.py``). Which features matter depends on
@@ -149,6 +153,14 @@ class CostModel:
     """Residual seconds of the linear form at each prefill shape ``(T, C)`` measured."""
     decode_shapes: Mapping[Shape, float] = field(default_factory=dict)
     """Residual seconds of the linear form at each decode shape ``(B, P)`` measured."""
+    decode_overlap: Mapping[str, float] = field(default_factory=dict)
+    """Device period of a decode step launched while the one before it is still running
+    (``overlap_schedule``: the step's dispatch and compute, its host inputs built in the shadow of
+    the step before); empty: overlap not calibrated. The host part of such a step runs beside it,
+    so an overlapped step takes ``max(decode_overlap, decode_host)``."""
+    decode_host: Mapping[str, float] = field(default_factory=dict)
+    """Host part of ``decode`` (engine loop, scheduler, driver: the time between two steps),
+    which overlap scheduling runs beside the device's step."""
     memory: Mapping[str, float | None] = field(default_factory=dict)
     """The device's memory pool (``bytes_limit``) and what the weights took (``weights_bytes``),
     so that the simulator sizes the KV cache as the device would; empty for a CPU."""
@@ -161,6 +173,8 @@ class CostModel:
             ("load", self.load, LOAD_FEATURES),
             ("host_load", self.host_load, LOAD_FEATURES),
             ("load_device", self.load_device, LOAD_FEATURES),
+            ("decode_overlap", self.decode_overlap, FEATURES),
+            ("decode_host", self.decode_host, FEATURES),
         ):
             unknown = set(coef) - set(names)
             if unknown:
@@ -170,11 +184,19 @@ class CostModel:
                     raise ValueError(f"cost model {name}.{k}={v!r} must be a finite number")
         # (feature index, coefficient) of the nonzero coefficients, for a short dot product per
         # step (a zero term adds 0.0: leaving it out changes no sum).
-        for kind, coef in (("prefill", self.prefill), ("decode", self.decode)):
+        for kind, coef in (
+            ("prefill", self.prefill),
+            ("decode", self.decode),
+            ("decode_overlap", self.decode_overlap),
+            ("decode_host", self.decode_host),
+        ):
             terms = tuple((i, c) for i, f in enumerate(FEATURES) if (c := coef.get(f, 0.0)))
             object.__setattr__(self, f"_{kind}", terms)
         # Whether the adapter features are worth computing for each kind of step.
-        for kind, coef in (("prefill", self.prefill), ("decode", self.decode)):
+        for kind, coef in (
+            ("prefill", self.prefill),
+            ("decode", self.decode | self.decode_overlap),
+        ):
             object.__setattr__(self, f"_{kind}_lora", any(coef.get(f) for f in LORA_FEATURES))
 
     # ------------------------------------------------------------------ step times
@@ -187,6 +209,23 @@ class CostModel:
         """Seconds one decode step of ``seqs`` takes."""
         shape, feats = decode_features(seqs, layout, waiting, self._decode_lora)
         return self._time(self._decode, feats, self.decode_shapes.get(shape, 0.0))
+
+    @property
+    def models_overlap(self) -> bool:
+        """Whether overlapped decode steps were calibrated (:attr:`decode_overlap`)."""
+        return bool(self.decode_overlap)
+
+    def overlapped_decode_time(
+        self, seqs: Sequence[DecodeSeq], layout: StepLayout, waiting: int = 0
+    ) -> float:
+        """Seconds between the ends of two back-to-back decode steps under overlap scheduling:
+        the device's period or the host's work for the step, whichever is longer."""
+        if not self.models_overlap:
+            raise ValueError("this cost model has no decode_overlap terms (overlap not calibrated)")
+        _, feats = decode_features(seqs, layout, waiting, self._decode_lora)
+        return max(
+            self._time(self._decode_overlap, feats, 0.0), self._time(self._decode_host, feats, 0.0)
+        )
 
     @staticmethod
     def _time(
@@ -229,6 +268,8 @@ class CostModel:
             "load": dict(self.load),
             "host_load": dict(self.host_load),
             "load_device": dict(self.load_device),
+            **({"decode_overlap": dict(self.decode_overlap)} if self.decode_overlap else {}),
+            **({"decode_host": dict(self.decode_host)} if self.decode_host else {}),
             "prefill_shapes": [[t, c, s] for (t, c), s in sorted(self.prefill_shapes.items())],
             "decode_shapes": [[b, p, s] for (b, p), s in sorted(self.decode_shapes.items())],
             "memory": dict(self.memory),
@@ -252,6 +293,8 @@ class CostModel:
                 "load",
                 "host_load",
                 "load_device",
+                "decode_overlap",
+                "decode_host",
                 "prefill_shapes",
                 "decode_shapes",
                 "memory",
@@ -262,6 +305,8 @@ class CostModel:
                 load=data["load"],
                 host_load=data.get("host_load", {}),
                 load_device=data.get("load_device", {}),
+                decode_overlap=data.get("decode_overlap", {}),
+                decode_host=data.get("decode_host", {}),
                 prefill_shapes={(int(t), int(c)): float(s) for t, c, s in data["prefill_shapes"]},
                 decode_shapes={(int(b), int(p)): float(s) for b, p, s in data["decode_shapes"]},
                 memory=data.get("memory", {}),

@@ -5,6 +5,12 @@ A slot load moves the clock by its host part only (``CostModel.load_time``); the
 ``CostModel.load_device_time`` later, and a step that uses it starts no earlier (the wait is
 charged as ``load_wait``). Steps that do not use it are not delayed.
 
+With a cost model that calibrated overlap (``CostModel.decode_overlap``) it also implements
+:class:`~jlora.runner.base.OverlapRunner`: a decode step launched while another is in flight ends
+``CostModel.overlapped_decode_time`` after that one (the device never waits for the host unless the
+host's share is the longer); the clock reaches a step's end when the engine asks for its tokens.
+A step launched with none in flight costs a whole step, as without overlap.
+
 It implements :class:`~jlora.runner.base.Runner`, so the engine, scheduler, drainer, adapter pool
 and page accounting above it are the real ones. Sampled tokens are ``token_fn(rid, index)`` (by
 default never an end-of-sequence id of the presets: requests run to ``max_new_tokens``).
@@ -34,8 +40,21 @@ runner's)."""
 
 
 @dataclass
+class SimLaunchedDecode:
+    """A simulated decode step in flight: its tokens and when the device finishes it."""
+
+    clock: FakeClock
+    end: float
+    token_list: list[int]
+
+    def tokens(self) -> list[int]:
+        if self.end > self.clock.now():
+            self.clock.advance(self.end - self.clock.now())
+        return self.token_list
+
+
+@dataclass
 class SimRunner:
-    supports_overlap = False  # it computes on the host: nothing to overlap
     clock: FakeClock
     cost: CostModel
     buckets: ShapeBuckets
@@ -49,6 +68,11 @@ class SimRunner:
     """Virtual seconds spent per kind of work (``load``: the host part of slot loads; ``load_wait``:
     steps waiting for a slot's load to land; ``host_load``: adapters read again from disk)."""
     steps: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+
+    @property
+    def supports_overlap(self) -> bool:
+        """Whether the cost model calibrated overlapped decode steps."""
+        return self.cost.models_overlap
 
     def __post_init__(self) -> None:
         self.layout = StepLayout(self.buckets, self.page_size, [0] * self.num_slots)
@@ -80,6 +104,25 @@ class SimRunner:
         self._wait_for_slots(seqs)
         self._spend("decode", self.cost.decode_time(seqs, self.layout, self.waiting()))
         return [self.token_fn(s.rid, s.out_index) for s in seqs]
+
+    def launch_decode(
+        self, seqs: list[DecodeSeq], in_flight: SimLaunchedDecode | None
+    ) -> SimLaunchedDecode:
+        tokens = [self.token_fn(s.rid, s.out_index) for s in seqs]
+        if in_flight is None:  # nothing to overlap with: a whole step, as decode() charges it
+            self._wait_for_slots(seqs)  # moves the clock: charged as load_wait
+            seconds = self.cost.decode_time(seqs, self.layout, self.waiting())
+            end = self.clock.now() + seconds
+        else:  # it starts when the step in flight ends and runs the overlapped period
+            ready = max(
+                [self.slot_ready[s.lora_slot] for s in seqs if s.lora_slot >= 0], default=0.0
+            )
+            start = max(in_flight.end, ready)
+            seconds = self.cost.overlapped_decode_time(seqs, self.layout, self.waiting())
+            end = start + seconds
+        self.busy["decode"] += seconds
+        self.steps["decode"] += 1
+        return SimLaunchedDecode(self.clock, end, tokens)
 
     def host_adapter(self, adapter: LoraAdapter) -> LoraAdapter:
         return adapter
