@@ -69,7 +69,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default="tiny", choices=sorted(SETUPS))
     p.add_argument("--dtype")
-    p.add_argument("--lora-backend", default="xla")
+    p.add_argument("--lora-backend", default="auto", help="EngineConfig.lora_backend")
     p.add_argument(
         "--graph-scheduling",
         default="concurrent",

@@ -14,7 +14,7 @@ from jlora.scheduler.policies import DRAIN_POLICIES
 from models.config import ModelConfig
 from models.presets import PRESETS, get_preset
 
-LORA_BACKENDS = ("xla", "pallas")
+LORA_BACKENDS = ("auto", "xla", "pallas")
 ATTENTION_BACKENDS = ("auto", "xla", "pallas")
 LOAD_FORMATS = ("auto", "dummy")
 DTYPES = ("bfloat16", "float32")
@@ -47,9 +47,10 @@ class EngineConfig:
     """Adapters kept in host memory (None: all of ``lora_paths``)."""
     max_lora_rank: int = 64
     """Rank of the device slot buffers; an adapter above it is refused at load."""
-    lora_backend: str = "xla"
-    """LoRA math: ``xla`` (reference, one-hot einsum) or ``pallas`` (kernels for the platform;
-    interpret mode on CPU)."""
+    lora_backend: str = "auto"
+    """LoRA math: ``xla`` (reference, one-hot einsum), ``pallas`` (kernels for the platform;
+    interpret mode on CPU) or ``auto`` (``pallas`` on GPU, ``xla`` elsewhere: the TPU kernels are
+    tested in TPU interpret mode only)."""
     attention_backend: str = "auto"
     """Attention of the steps: ``pallas`` (GPU kernels: decode reads the KV pages in place,
     prefill is a flash attention over the step's packed sequences; interpret mode on CPU), ``xla``
@@ -215,6 +216,12 @@ class EngineConfig:
         if self.stage_host_inputs is None:
             return platform == "gpu"
         return self.stage_host_inputs
+
+    def resolved_lora_backend(self, platform: str) -> str:
+        """``xla`` or ``pallas`` on ``platform`` (``cpu``, ``gpu``, ``tpu``)."""
+        if self.lora_backend == "auto":
+            return "pallas" if platform == "gpu" else "xla"
+        return self.lora_backend
 
     def resolved_overlap_schedule(self, platform: str) -> bool:
         """Whether decode steps overlap the host's work on ``platform`` (``cpu``, ``gpu``,

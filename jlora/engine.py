@@ -187,7 +187,7 @@ class Engine:
                 self.buckets,
                 num_pages,
                 config.page_size,
-                config.lora_backend,
+                config.resolved_lora_backend(jax.default_backend()),
                 mesh,
                 attention_backend=config.resolved_attention_backend(jax.default_backend()),
                 graph_scheduling=config.graph_scheduling,

@@ -116,6 +116,18 @@ def test_attention_backend_setting():
     assert EngineConfig(model="tiny").resolved_attention_backend("cpu") == "xla"
 
 
+def test_defaults_follow_the_platform():
+    """The fastest settings by default on a GPU (LoRA kernels, overlap scheduling); the reference
+    paths elsewhere; an explicit setting wins."""
+    config = EngineConfig(model="tiny")
+    assert config.resolved_lora_backend("gpu") == "pallas"
+    assert config.resolved_lora_backend("cpu") == config.resolved_lora_backend("tpu") == "xla"
+    assert config.resolved_overlap_schedule("gpu") and not config.resolved_overlap_schedule("cpu")
+    explicit = EngineConfig(model="tiny", lora_backend="xla", overlap_schedule=False)
+    assert explicit.resolved_lora_backend("gpu") == "xla"
+    assert not explicit.resolved_overlap_schedule("gpu")
+
+
 def test_engine_greedy_tokens_equal_across_attention_backends():
     """Continuous batching with both attention kernels (interpret mode) gives the xla backend's
     tokens: requests of different lengths, adapters and arrival steps, long prompts prefilled in

@@ -162,19 +162,23 @@ def load_cost_model(config: EngineConfig, cost_model_path: str | Path | None) ->
 
 def _warn_if_other_setting(config: EngineConfig, cost: CostModel, path) -> None:
     cal = cost.info.get("calibrated_with") or {}
-    differ = [
-        f"{k}={getattr(config, k)!r} (calibrated: {cal[k]!r})"
-        for k in ("dtype", "lora_backend", "max_loras_per_batch", "max_lora_rank")
-        if k in cal and getattr(config, k) != cal[k]
-    ]
     platform = "cpu" if cost.info.get("device") == "cpu" else "gpu"
     ours = {
+        "dtype": config.dtype,
+        "lora_backend": config.resolved_lora_backend(platform),
+        "max_loras_per_batch": config.max_loras_per_batch,
+        "max_lora_rank": config.max_lora_rank,
+    }
+    differ = [
+        f"{k}={ours[k]!r} (calibrated: {cal[k]!r})" for k in ours if k in cal and ours[k] != cal[k]
+    ]
+    step_settings = {
         "graph_scheduling": config.graph_scheduling,
         "stage_host_inputs": config.resolved_stage_host_inputs(platform),
     }
     for key, calibrated in calibrated_step_settings(cost).items():
-        if ours[key] != calibrated:
-            differ.append(f"{key}={ours[key]!r} (calibrated: {calibrated!r})")
+        if step_settings[key] != calibrated:
+            differ.append(f"{key}={step_settings[key]!r} (calibrated: {calibrated!r})")
     model = cost.info.get("model")
     if model is not None and model != config.model:
         differ.insert(0, f"model={config.model!r} (calibrated: {model!r})")

@@ -524,7 +524,7 @@ def calibrate(
         "date": datetime.date.today().isoformat(),
         "calibrated_with": {
             "dtype": cfg.dtype,
-            "lora_backend": cfg.lora_backend,
+            "lora_backend": cfg.resolved_lora_backend(jax.default_backend()),
             "graph_scheduling": cfg.graph_scheduling,
             "stage_host_inputs": cfg.resolved_stage_host_inputs(jax.default_backend()),
             "max_loras_per_batch": cfg.max_loras_per_batch,
