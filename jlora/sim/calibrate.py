@@ -376,8 +376,9 @@ def measure_serving(
     the driver, against the sequences of the next step and the requests waiting."""
     sleeps = _SleepCounter(engine.clock, timer)
     recorder = _Recorder(engine, timer, sleeps)
-    runner, clock = engine.runner, engine.clock
-    engine.runner, engine.clock = recorder, sleeps
+    runner, clock, overlap = engine.runner, engine.clock, engine._overlap
+    # Whole steps, one at a time (the overlapped period is timed by measure_steps).
+    engine.runner, engine.clock, engine._overlap = recorder, sleeps, False
     n = min(design.serving_max_len, engine.context_length // 2)
     work = make_random_workload(
         num_prompts=design.serving_requests,
@@ -392,7 +393,10 @@ def measure_serving(
     try:
         run_workload(engine, work, progress=False, desc="calibration")
     finally:
-        engine.runner, engine.clock = runner, clock
+        engine.runner, engine.clock, engine._overlap = runner, clock, overlap
+    kinds = {s.kind for s in recorder.steps}
+    if kinds != {"prefill", "decode"}:
+        raise RuntimeError(f"the serving run timed only {sorted(kinds)} steps")
     return recorder.steps, recorder.host, recorder.loads
 
 
