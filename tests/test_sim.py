@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 import pytest
 
+import jlora.sim as sim_mod
 from jlora import Engine, EngineConfig
 from jlora.adapters.peft import AdapterError
 from jlora.bench.cli import run_bench
@@ -39,8 +40,8 @@ from jlora.sim import (
     CostModel,
     SimRunner,
     calibrated_setting,
+    calibrated_step_settings,
     default_cost_model_path,
-    load_cost_model,
     make_sim_engine,
 )
 from jlora.sim.adapters import peft_rank, stub_loader
@@ -327,20 +328,31 @@ def test_overlapped_decode_steps_take_the_longer_of_host_and_device(host):
 
 
 def test_a_gpu_cost_model_names_its_step_settings():
-    """The shipped H100 cost model was measured before ``graph_scheduling`` and
-    ``stage_host_inputs`` existed, under XLA's default (``serialize``) and without staging: a
+    """A GPU cost model records the step settings its engine ran with (``graph_scheduling``,
+    ``stage_host_inputs``; one from before a setting existed ran the setting before it): a
     simulated engine set otherwise is told, and a setting built from the cost model runs as it
     was calibrated. A CPU cost model that does not record them has no such settings."""
-    h100 = default_cost_model_path("llama-3.1-8b")
-    for mode, staged, warned in (("concurrent", True, True), ("serialize", False, False)):
+    h100 = CostModel.load_file(default_cost_model_path("llama-3.1-8b"))
+    assert calibrated_step_settings(h100) == {
+        "graph_scheduling": "concurrent",
+        "stage_host_inputs": True,
+    }
+    # A model from before both settings existed (the H100 model shipped on 2026-11-24).
+    before = dataclasses.replace(h100, info=h100.info | {"calibrated_with": {}})
+    for cost, mode, staged, warned in (
+        (h100, "concurrent", True, False),
+        (h100, "serialize", False, True),
+        (before, "concurrent", True, True),
+        (before, "serialize", False, False),
+    ):
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             config = _config(graph_scheduling=mode, stage_host_inputs=staged)
-            cost = load_cost_model(config, h100)
+            sim_mod._warn_if_other_setting(config, cost, "h100")
         text = " ".join(str(w.message) for w in seen)
-        assert ("graph_scheduling='concurrent' (calibrated: 'serialize')" in text) == warned
-        assert ("stage_host_inputs=True (calibrated: False)" in text) == warned
-    setting = calibrated_setting(cost)
+        assert ("graph_scheduling=" in text) == warned, (mode, text)
+        assert ("stage_host_inputs=" in text) == warned
+    setting = calibrated_setting(before)
     assert setting["graph_scheduling"] == "serialize" and setting["stage_host_inputs"] is False
     cpu = CostModel.load_file(default_cost_model_path("tiny"))
     assert not {"graph_scheduling", "stage_host_inputs"} & set(calibrated_setting(cpu))
