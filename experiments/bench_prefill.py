@@ -74,7 +74,9 @@ def attention_part(args, cfg) -> dict:
         for blocks in tilings:
             fn = jax.jit(lambda *a, b=blocks: prefill_attention_gpu(*a, blocks=b))
             got = np.asarray(fn(*inputs), np.float32)
-            name = f"pallas {blocks.block_q}x{blocks.block_k}w{blocks.num_warps}"
+            name = (
+                f"pallas {blocks.block_q}x{blocks.block_k}w{blocks.num_warps}s{blocks.num_stages}"
+            )
             row[name] = _time_calls(fn, *inputs)
             row[name + " max_err"] = float(np.abs(got - want).max())
         q, k, v, pk, pv, seq, pos, _, _ = inputs
@@ -201,7 +203,7 @@ def main() -> None:
     parser.add_argument(
         "--tilings",
         default="64x64x4,128x64x8,64x128x4",
-        help="flash kernel tilings block_q x block_k x num_warps, comma-separated",
+        help="flash kernel tilings block_q x block_k x num_warps [x num_stages], comma-separated",
     )
     parser.add_argument(
         "--settings",
