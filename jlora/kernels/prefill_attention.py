@@ -52,10 +52,10 @@ class PrefillAttentionBlocks:
     block_q: int = 64
     """Query tokens per program (the M of both matmuls). The default tiling was the fastest of
     those tried on an H100 (``experiments/results/prefill.md``)."""
-    block_k: int = 128
+    block_k: int = 64
     """Key tokens per loop trip (the N of the score matmul, the K of the value matmul)."""
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
 
 
 def validate_prefill_attention_inputs(
