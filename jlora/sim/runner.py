@@ -117,7 +117,7 @@ class SimRunner:
             ready = max(
                 [self.slot_ready[s.lora_slot] for s in seqs if s.lora_slot >= 0], default=0.0
             )
-            start = max(in_flight.end, ready)
+            start = max(in_flight.end, ready, self.clock.now())  # (the host may have idled)
             seconds = self.cost.overlapped_decode_time(seqs, self.layout, self.waiting())
             end = start + seconds
         self.busy["decode"] += seconds
