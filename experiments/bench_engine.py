@@ -37,8 +37,10 @@ def _engine_part(args) -> dict:
 
     import jax
 
-    from jlora import Engine, EngineConfig, SamplingParams
     from jlora.bench.decode_timing import median_decode_step_ms
+    from jlora.config import EngineConfig
+    from jlora.engine import Engine
+    from jlora.sampling import SamplingParams
     from models.presets import get_preset
 
     cfg = get_preset(args.model)

@@ -161,8 +161,10 @@ def measure_loads(args) -> dict:
 def measure_decode(args) -> dict:
     import jax
 
-    from jlora import Engine, EngineConfig, SamplingParams
     from jlora.adapters import random_adapter
+    from jlora.config import EngineConfig
+    from jlora.engine import Engine
+    from jlora.sampling import SamplingParams
 
     model = args.decode_model or args.model
     names = {"u0": "dummy:16", "u1": "dummy:16"}

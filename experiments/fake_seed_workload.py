@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jlora import Engine, EngineConfig, SamplingParams
 from jlora.clock import FakeClock
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 from jlora.runner.fake import FakeRunner
+from jlora.sampling import SamplingParams
 
 
 def workload(n: int, rate: float, adapters: list[str], seed: int, max_len: int = 512):

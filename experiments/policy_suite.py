@@ -190,10 +190,9 @@ _COST = {}
 
 def run_one(job: dict) -> dict:
     """One cell under one setting, in the simulator: the run's record."""
-    from jlora.bench.config import BenchConfig
+    from jlora.bench.config import BenchConfig, build_workload
     from jlora.bench.driver import run_workload
     from jlora.bench.metrics import compute_metrics
-    from jlora.bench.workload import build_workload
     from jlora.config import EngineConfig
     from jlora.sim import calibrated_setting, load_cost_model, make_sim_engine
 

@@ -33,11 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlora import Engine, EngineConfig, SamplingParams
-from jlora.config import GRAPH_SCHEDULING
+from jlora.config import GRAPH_SCHEDULING, EngineConfig
+from jlora.engine import Engine
 from jlora.runner import model_runner as mr
 from jlora.runner.attention import DecodeAttention
 from jlora.runner.sampling import SamplingInputs, sample
+from jlora.sampling import SamplingParams
 
 ADAPTERS = ("a0", "a1", "a2")
 

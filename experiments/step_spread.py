@@ -21,8 +21,9 @@ import jax
 import numpy as np
 from profile_decode import host_events
 
-from jlora import Engine, EngineConfig, SamplingParams
-from jlora.config import GRAPH_SCHEDULING
+from jlora.config import GRAPH_SCHEDULING, EngineConfig
+from jlora.engine import Engine
+from jlora.sampling import SamplingParams
 
 ADAPTERS = ("a0", "a1", "a2")
 

@@ -45,7 +45,7 @@ HLO_PRESETS = (("llama-3.1-8b", 2), ("llama-3.1-70b", 2), ("llama-3.1-70b", 8))
 
 def engine_config(model: str, tp: int, drainer: str, context: int = 1024):
     """The seed reproduction's engine (experiments/seed_repro.py) at ``tp_size=tp``."""
-    from jlora import EngineConfig
+    from jlora.config import EngineConfig
 
     policy, _, threshold = drainer.partition("@")
     return EngineConfig(
@@ -80,10 +80,10 @@ def _time_decode(engine, batch: int, steps: int) -> float:
 def gpu_part(name: str, args) -> dict:
     import jax
 
-    from jlora import Engine
     from jlora.bench.driver import run_workload
     from jlora.bench.metrics import compute_metrics
     from jlora.bench.workload import make_random_workload
+    from jlora.engine import Engine
     from jlora.tensor_parallel import count_collectives
 
     model, tp = GPU_PARTS[name]

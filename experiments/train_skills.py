@@ -27,7 +27,8 @@ from pathlib import Path
 
 import jax
 
-from jlora import Engine, EngineConfig
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 from jlora.train import TrainConfig, export_base_model, export_peft_adapter, train_base, train_lora
 from jlora.train.assets import SKILLS_DIR, load_skills_assets, write_manifest
 from jlora.train.evaluate import EngineGreedyGenerator, ScoreGreedyGenerator, evaluate_skills

@@ -45,7 +45,7 @@ ADAPTERS = {"a0": "dummy:8", "a1": "dummy:4", "a2": "dummy:8", "a3": "dummy:2"}
 
 
 def engine_config(model_dir: str, tp: int, backend: str = "xla"):
-    from jlora import EngineConfig
+    from jlora.config import EngineConfig
 
     return EngineConfig(
         model=model_dir,
@@ -73,7 +73,7 @@ def workload(engine) -> dict:
     prefill; greedy and seeded sampling. Returns tokens and logits as lists."""
     import numpy as np
 
-    from jlora import SamplingParams
+    from jlora.sampling import SamplingParams
 
     loads = []
     load_lora = engine.runner.load_lora
@@ -125,7 +125,8 @@ def hf_parity(case_name: str, tp: int) -> float:
     """Worst error of the HF fixture's scores at ``tp``, relative to the reference's scale."""
     import numpy as np
 
-    from jlora import Engine, EngineConfig
+    from jlora.config import EngineConfig
+    from jlora.engine import Engine
     from tests.conftest import HF_FIXTURES
 
     case = json.loads((HF_FIXTURES / "manifest.json").read_text())["cases"][case_name]
@@ -151,7 +152,7 @@ def hf_parity(case_name: str, tp: int) -> float:
 
 
 def equivalence(out: Path) -> None:
-    from jlora import Engine
+    from jlora.engine import Engine
     from jlora.tensor_parallel import count_collectives
 
     result: dict = {"timings": {}}
@@ -178,8 +179,8 @@ def equivalence(out: Path) -> None:
 def distributed(out: Path) -> None:
     import jax
 
-    from jlora import Engine
     from jlora.distributed import SyncedClock, initialize_from_env
+    from jlora.engine import Engine
 
     assert initialize_from_env()
     result = {
@@ -210,7 +211,7 @@ def odd_vocab(out: Path) -> None:
     weights at tp 4 and the same weights read back from a checkpoint at tp 2, against tp 1."""
     import numpy as np
 
-    from jlora import Engine
+    from jlora.engine import Engine
     from models.config import ModelConfig
     from models.save import save_hf_weights
     from models.weights import init_dummy_weights
