@@ -40,7 +40,7 @@ def _engine_part(args) -> dict:
     from jlora.bench.decode_timing import median_decode_step_ms
     from jlora.config import EngineConfig
     from jlora.engine import Engine
-    from jlora.sampling import SamplingParams
+    from jlora.sampling_params import SamplingParams
     from models.presets import get_preset
 
     cfg = get_preset(args.model)

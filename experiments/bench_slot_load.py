@@ -164,7 +164,7 @@ def measure_decode(args) -> dict:
     from jlora.adapters import random_adapter
     from jlora.config import EngineConfig
     from jlora.engine import Engine
-    from jlora.sampling import SamplingParams
+    from jlora.sampling_params import SamplingParams
 
     model = args.decode_model or args.model
     names = {"u0": "dummy:16", "u1": "dummy:16"}

@@ -26,7 +26,7 @@ from jlora.clock import FakeClock
 from jlora.config import EngineConfig
 from jlora.engine import Engine
 from jlora.runner.fake import FakeRunner
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 
 
 def workload(n: int, rate: float, adapters: list[str], seed: int, max_len: int = 512):

@@ -38,7 +38,7 @@ from jlora.engine import Engine
 from jlora.runner import model_runner as mr
 from jlora.runner.attention import DecodeAttention
 from jlora.runner.sampling import SamplingInputs, sample
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 
 ADAPTERS = ("a0", "a1", "a2")
 

@@ -22,7 +22,7 @@ import numpy as np
 from jlora.adapters.pool import AdapterPool
 from jlora.build import make_policy
 from jlora.config import EngineConfig
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 from jlora.scheduler.pages import PagePool
 from jlora.scheduler.request import Request
 from jlora.scheduler.scheduler import Scheduler, SchedulerConfig

@@ -35,7 +35,7 @@ import numpy as np
 
 from jlora.bench.results_file import git_commit, write_results_file
 from jlora.config import EngineConfig
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 from jlora.scheduler.policies import DRAIN_POLICIES
 from jlora.scheduler.request import Status
 from jlora.sim import make_sim_engine

@@ -23,7 +23,7 @@ from profile_decode import host_events
 
 from jlora.config import GRAPH_SCHEDULING, EngineConfig
 from jlora.engine import Engine
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 
 ADAPTERS = ("a0", "a1", "a2")
 

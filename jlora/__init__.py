@@ -6,7 +6,7 @@ imports. The public names are in their modules::
 
     from jlora.config import EngineConfig
     from jlora.engine import Engine
-    from jlora.sampling import SamplingParams
+    from jlora.sampling_params import SamplingParams
 """
 
 __version__ = "0.1.0"

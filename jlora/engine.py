@@ -19,11 +19,11 @@ a fake runner in tests, or the simulator. The scheduling policy is built from
 ``engine.last_state`` is the scheduler's state at the last decision.
 
 Bad input is refused where it enters (``add_request``, ``SamplingParams``, ``abort``, ``score``,
-adapter loads): ``ValueError``, or :class:`~jlora.sampling.ArgumentTypeError` (a ``TypeError`` that
-is a ``ValueError`` too) for a wrong type, naming the field and the value, before any state
-changes. A failure inside a step (an adapter that cannot be read again, a runner error) ends the
-requests it touches with finish reason ``error`` and the message, frees their pages and slot, and
-the engine goes on serving; no request is ever left in no queue.
+adapter loads): ``ValueError``, or :class:`~jlora.sampling_params.ArgumentTypeError` (a
+``TypeError`` that is a ``ValueError`` too) for a wrong type, naming the field and the value,
+before any state changes. A failure inside a step (an adapter that cannot be read again, a runner
+error) ends the requests it touches with finish reason ``error`` and the message, frees their pages
+and slot, and the engine goes on serving; no request is ever left in no queue.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from jlora.config import EngineConfig
 from jlora.distributed import engine_clock
 from jlora.kernels.types import NO_SLOT
 from jlora.runner.base import FED_BACK, DecodeSeq, LaunchedDecode, PrefillSeq, Runner
-from jlora.sampling import ArgumentTypeError, SamplingParams
+from jlora.sampling_params import ArgumentTypeError, SamplingParams
 from jlora.scheduler.pages import PagePool
 from jlora.scheduler.request import Request, RequestOutput, Status, StreamEvent
 from jlora.scheduler.scheduler import (
@@ -200,8 +200,8 @@ class Engine:
         arrival_time: float | None = None,
     ) -> int:
         """Queue a request; returns its id. Bad input raises ``ValueError`` (a wrong type
-        :class:`~jlora.sampling.ArgumentTypeError`, a ``TypeError`` and ``ValueError``) naming the
-        field and the value, and changes nothing."""
+        :class:`~jlora.sampling_params.ArgumentTypeError`, a ``TypeError`` and ``ValueError``)
+        naming the field and the value, and changes nothing."""
         return self._register(self._new_request(prompt_ids, params, lora_name, arrival_time))
 
     def _new_request(self, prompt_ids, params, lora_name, arrival_time) -> Request:

@@ -10,7 +10,7 @@ import pytest
 from jlora.config import GRAPH_SCHEDULING, EngineConfig
 from jlora.engine import Engine
 from jlora.runner.model_runner import ModelRunner, graph_compiler_options, step_functions
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 
 ADAPTERS = {"a": "dummy:4", "b": "dummy:8", "c": "dummy:8", "d": "dummy:2"}
 

@@ -8,7 +8,7 @@ from jlora.clock import FakeClock
 from jlora.config import EngineConfig
 from jlora.engine import Engine
 from jlora.runner.fake import FakeRunner
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 
 
 def _engine(**overrides):

@@ -15,7 +15,7 @@ from jlora.kernels.paged_attention import (
     paged_decode_attention_ref,
     validate_decode_attention_inputs,
 )
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 
 
 def _case(rng, lens, *, hq, hkv, d=16, page_size=4, table_pages=8, layers=3, dtype=jnp.float32):

@@ -25,7 +25,7 @@ from jlora.engine import Engine
 from jlora.kernels.lora_xla import lora_group_ref
 from jlora.kernels.types import LoraGroup, make_lora_batch
 from jlora.runner.kv_cache import kv_bytes_per_page
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 from jlora.scheduler.request import Status
 from models.presets import get_preset
 from tests.tp_worker import run_workers

@@ -32,7 +32,7 @@ from jlora.config import DRAIN_POLICIES, EngineConfig
 from jlora.engine import Engine
 from jlora.runner.base import DecodeSeq, PrefillSeq
 from jlora.runner.buckets import ShapeBuckets
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 from jlora.scheduler.scheduler import Scheduler
 from jlora.sim import (
     AdapterStub,

@@ -23,7 +23,7 @@ from jlora.kernels.types import MODULE_GROUPS
 from jlora.runner.base import DecodeSeq
 from jlora.runner.buckets import ShapeBuckets
 from jlora.runner.fake import FakeRunner
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 from jlora.sim import CostModel, SimRunner, default_cost_model_path
 from models.presets import get_preset
 

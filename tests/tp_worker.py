@@ -73,7 +73,7 @@ def workload(engine) -> dict:
     prefill; greedy and seeded sampling. Returns tokens and logits as lists."""
     import numpy as np
 
-    from jlora.sampling import SamplingParams
+    from jlora.sampling_params import SamplingParams
 
     loads = []
     load_lora = engine.runner.load_lora

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from jlora.engine import Engine
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 
 
 def median_decode_step_ms(

@@ -17,7 +17,7 @@ import numpy as np
 
 from jlora.adapters.peft import LoraAdapter
 from jlora.adapters.pool import HostAdapter
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 
 
 @jax.tree_util.register_dataclass

@@ -41,7 +41,7 @@ from jlora.bench.workload import make_random_workload
 from jlora.engine import Engine
 from jlora.kernels.types import NO_SLOT
 from jlora.runner.base import DecodeSeq, PrefillSeq
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 from jlora.sim.cost_model import (
     FEATURES,
     LORA_FEATURES,

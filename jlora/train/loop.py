@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jlora.metrics.tensorboard import ScalarWriter
+from jlora.tensorboard_scalars import ScalarWriter
 from jlora.train.config import TrainConfig
 from jlora.train.lora_params import (
     LoraParams,
