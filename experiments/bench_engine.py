@@ -18,16 +18,16 @@ adapters, ``generate`` on a mixed batch (``adapter_names=``), time per generated
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from jlora.bench.results_file import run_header
 
 HF_ADAPTERS = ("a0", "a1", "a2")
 
@@ -235,10 +235,8 @@ def _write(args, ours: dict, hf: dict | None) -> str:
     lines = [
         "# Engine benchmark",
         "",
-        f"- date: {datetime.date.today().isoformat()}",
-        f"- device: {ours['device']}; jax {ours['jax']}"
-        + (f"; torch {hf['torch']}" if hf else "")
-        + f"; python {platform.python_version()}",
+        *run_header().lines(),
+        *([f"- torch {hf['torch']} (the HF transformers + PEFT baseline)"] if hf else []),
         f"- model: `{args.model}` preset, dummy weights, bfloat16 ({ours['weight_gb']:.1f} GB); "
         "3 adapters of rank 16 on all seven modules, 3 slots; "
         f"prompts of {args.prompt_len} tokens; decode attention: {ours.get('attention', 'xla')}",

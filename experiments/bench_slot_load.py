@@ -39,13 +39,12 @@ import os
 import platform
 import re
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from jlora.bench.results_file import REPO_ROOT as ROOT
+from jlora.bench.results_file import command_line, git_commit
+
 RESULTS = ROOT / "experiments" / "results"
 
 # The targets (H100): ms, and the decode-step slowdown as a fraction.
@@ -241,18 +240,14 @@ def device_tag() -> str:
 def run(args) -> dict:
     import jax
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     data = {
-        "commit": commit or "unknown",
+        "commit": git_commit(),
         "date": datetime.date.today().isoformat(),
         "device": device_tag(),
         "device_kind": jax.devices()[0].device_kind,
         "jax": jax.__version__,
         "python": platform.python_version(),
-        "command": command,
+        "command": command_line(),
         "setting": {
             "model": args.model,
             "slots": args.slots,

@@ -13,7 +13,6 @@ verdict of your own; the "Current" section is rewritten each time.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -22,9 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
-
-from jlora.bench.results_file import git_commit, write_results_file
+from jlora.bench.results_file import run_header, write_results_file
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "reliability.md"
@@ -52,8 +49,6 @@ def run(ops: int, seed: int, select: str | None) -> tuple[list[dict], int, float
 
 
 def render(rows: list[dict], ops: int, seed: int, wall: float, rc: int, command: str) -> str:
-    commit = git_commit(ROOT)
-    date = datetime.date.today().isoformat()
     total_ops = sum(r["ops"] for r in rows)
     total_req = sum(r["requests"] for r in rows)
     found = sum(len(r["violations"]) for r in rows)
@@ -62,7 +57,7 @@ def render(rows: list[dict], ops: int, seed: int, wall: float, rc: int, command:
         "",
         "## Current",
         "",
-        f"- commit `{commit}`, {date}; device: this CPU (2 cores, shared), jax {jax.__version__}",
+        *run_header(command=command).lines()[:1],
         f"- claim: {total_ops:,} operations and {total_req:,} requests over {len(rows)} "
         f"configurations (seed {seed}, {ops} operations per configuration, the Pallas one "
         f"fewer) find {found} violations; pytest exit status {rc}; {wall / 60:.1f} min",

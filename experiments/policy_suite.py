@@ -36,8 +36,6 @@ import fnmatch
 import json
 import math
 import multiprocessing
-import subprocess
-import sys
 import time
 import warnings
 from collections import Counter
@@ -46,10 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from jlora.bench.seed import SEED_RANKS  # noqa: E402
+from jlora.bench.results_file import REPO_ROOT as ROOT
+from jlora.bench.results_file import command_line, git_commit
+from jlora.bench.seed import SEED_RANKS
 
 RESULTS = ROOT / "experiments/results"
 MODEL = "llama-3.1-8b"
@@ -286,17 +283,6 @@ def measure_capacity(cost_model: str | None, commit: str, date: str) -> float:
         }
     )
     return rec["request_throughput"]
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return head + ("-dirty" if dirty else "")
 
 
 # ----------------------------------------------------------------------------- targets
@@ -767,8 +753,8 @@ def main() -> None:
 
     cost_path = args.sim_cost_model or str(default_cost_model_path(MODEL))
     cost_info = json.loads(Path(cost_path).read_text())
-    commit, date = git_commit(), datetime.date.today().isoformat()
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    commit, date = git_commit(mark_dirty=True), datetime.date.today().isoformat()
+    command = command_line()
     meta = {
         "cost_model": Path(cost_path).relative_to(ROOT).as_posix()
         if Path(cost_path).is_relative_to(ROOT)

@@ -27,11 +27,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from jlora.bench.results_file import run_header
 
 ROOT = Path(__file__).resolve().parent.parent
 RANKS = (8, 16, 16, 32, 64, 8)  # the seed's adapters (experiments/seed_repro.py)
@@ -225,19 +226,19 @@ def cpu_part(args) -> dict:
     import jax
 
     out: dict = {
-        "date": datetime.date.today().isoformat(),
-        "jax": jax.__version__,
+        **run_header().as_dict(),
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "python": platform.python_version(),
     }
-    from tests.tp_worker import run_workers
+    from jlora.bench.results_file import REPO_ROOT
+    from jlora.distributed import run_workers
 
+    # The checks of tests/test_tensor_parallel.py, run by name in processes of their own.
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        eq = run_workers("equivalence", Path(tmp))[0]
+        eq = run_workers("tests.tp_worker", "equivalence", Path(tmp), REPO_ROOT)[0]
         out["equivalence_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        dist = run_workers("distributed", Path(tmp))
+        dist = run_workers("tests.tp_worker", "distributed", Path(tmp), REPO_ROOT)
         out["distributed_s"] = time.perf_counter() - t
     ref = eq["xla/tp1"]
     out["equivalence"] = {}

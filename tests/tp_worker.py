@@ -9,7 +9,8 @@ devices) must be set before JAX starts, and the rest of the suite runs on one de
                                                         # (JAX_COORDINATOR_ADDRESS etc. in the env)
 
 Both run :func:`workload` on the same model, so their outputs compare with each other.
-:func:`run_workers` starts them (``experiments/tensor_parallel.py --parts cpu`` uses it too).
+:func:`run_workers` starts them (``experiments/tensor_parallel.py --parts cpu`` runs them too,
+through :func:`jlora.distributed.run_workers`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -241,53 +240,18 @@ def odd_vocab(out: Path) -> None:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment of a test's child process: this one's without its JAX and XLA settings
-    (the child sets its own before JAX starts), the checkout on PYTHONPATH, and ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    return {**env, "PYTHONPATH": str(ROOT), **extra}
+    """The environment of a test's child process (:func:`jlora.distributed.child_env`)."""
+    # jlora (and with it jax) is imported only when called: main() sets XLA_FLAGS first.
+    from jlora.distributed import child_env as env_of_child
+
+    return env_of_child(ROOT, **extra)
 
 
 def run_workers(mode: str, out_dir: Path, timeout_s: float = 300) -> list[dict]:
-    """Run ``mode`` in fresh processes (one for ``equivalence``, two jax.distributed processes on
-    a free localhost port for ``distributed``); their JSON results, by process."""
-    extra = [{}]
-    if mode == "distributed":
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        extra = [
-            {
-                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                "JAX_NUM_PROCESSES": "2",
-                "JAX_PROCESS_ID": str(i),
-            }
-            for i in range(2)
-        ]
-    outs = [out_dir / f"{mode}{i}.json" for i in range(len(extra))]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.tp_worker", mode, str(out)],
-            cwd=ROOT,
-            env=child_env(**e),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for out, e in zip(outs, extra, strict=True)
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=timeout_s)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:  # one process failed and left the other in a collective
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs, strict=False):
-        if p.returncode:
-            raise RuntimeError(f"tests.tp_worker {mode} exited with {p.returncode}:\n{log[-4000:]}")
-    return [json.loads(out.read_text()) for out in outs]
+    """Run ``mode`` of this module in fresh processes (:func:`jlora.distributed.run_workers`)."""
+    from jlora.distributed import run_workers as run_module
+
+    return run_module("tests.tp_worker", mode, out_dir, ROOT, timeout_s)
 
 
 def main() -> None:

@@ -1,4 +1,6 @@
-"""Calibrate the simulator's cost model: time the real engine's steps and fit
+"""Calibrating the simulator's cost model, as a command (``experiments/calibrate_costs.py`` runs
+:func:`main`; ``experiments/sim_fidelity.py`` reuses the setting, engine and outputs): time the
+real engine's steps and fit
 :class:`~jlora.sim.cost_model.CostModel`, written as JSON (the file ``--backend sim`` reads) with a
 markdown summary of the fit.
 
@@ -20,12 +22,11 @@ and ``experiments/results/cost_model_<device>__<model>.md``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from jlora.bench.results_file import REPO_ROOT as ROOT
+from jlora.bench.results_file import command_line, git_commit
 
 # Per model: the engine setting calibrated (kept small enough to compile and run in minutes) and
 # how much to measure. ``tiny`` is the setting of ``make demo``; the 8B one that of the seed.
@@ -287,7 +288,7 @@ def write_outputs(cost, args, clock: str) -> tuple[Path, Path]:
     md_path = Path(args.summary) if args.summary else md_path
     cost.save(json_path)
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    command = command_line()
     if getattr(args, "loads_only", False) and md_path.is_file():
         # the step terms' summary stays as it was; only the loads' section is written again
         text = md_path.read_text()
@@ -305,7 +306,6 @@ def recalibrate_loads(args, s: dict, clock):
     (an engine without warm-up: no step is compiled, only the slot writes)."""
     import dataclasses
     import datetime
-    import subprocess
 
     import jax
 
@@ -331,25 +331,21 @@ def recalibrate_loads(args, s: dict, clock):
     t = time.perf_counter()
     loads = measure_loads(engine, design, clock.now)
     print(f"loads timed in {time.perf_counter() - t:.0f} s", flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     when = {
         "build": LOAD_BUILD,
-        "commit": commit or "unknown",
+        "commit": git_commit(),
         "date": datetime.date.today().isoformat(),
         "jax": jax.__version__,
         "device_kind": jax.devices()[0].device_kind,
-        "command": command,
+        "command": command_line(),
     }
     fit = dict(cost.info.get("fit") or {}) | load_fit(loads)
     info = dict(cost.info) | {"fit": fit, "load_terms": when}
     return dataclasses.replace(cost, **load_terms(loads), info=info)
 
 
-def main() -> None:
-    args = build_parser(__doc__.split("\n\n")[0]).parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     s = setup(args)
     clock = make_clock(args)
     if args.loads_only:
@@ -358,7 +354,3 @@ def main() -> None:
         engine = build_engine(args, s, clock)
         cost = calibrate_engine(engine, args, s, clock)
     write_outputs(cost, args, args.clock)
-
-
-if __name__ == "__main__":
-    main()
