@@ -338,7 +338,7 @@ def summary(data: dict) -> str:
 def device_section(data: dict, json_name: str) -> list[str]:
     s = data["setting"]
     lines = [
-        f"### {data['device_kind']} ({data['device']})",
+        f"#### {data['device_kind']} ({data['device']})",
         "",
         f"- commit {data['commit']}, {data['date']}; jax {data['jax']}; python {data['python']}; "
         f"host load average at start and end: {data.get('load_average', 'not recorded')} "

@@ -588,6 +588,11 @@ def plot_heatmap(runs, settings, cells, path: Path) -> None:
     plt.close(fig)
 
 
+def heatmap_path(md: Path) -> Path:
+    """The heat map beside the raw data, under ``results/<topic>/``."""
+    return md.parent / md.stem / "heatmap.png"
+
+
 def render(runs, raw: Path, md: Path, meta: dict) -> str:
     import jax
 
@@ -619,7 +624,7 @@ def render(runs, raw: Path, md: Path, meta: dict) -> str:
         f"- claim (issue #18's targets): {claim}",
         f"- command: `{meta['command']}` ({meta['timing']})",
         f"- raw data: `{raw.relative_to(ROOT)}` (one JSON line per cell and setting); heat map: "
-        f"`{md.with_name('policy_suite_heatmap.png').name}`",
+        f"`{heatmap_path(md).relative_to(md.parent).as_posix()}`",
         f"- cells: {len(cells)}, {', '.join(map(str, n))} requests each; capacity of the seed "
         f"setting (drainer off, {CAPACITY_PROMPTS} requests sent at once): "
         f"{meta.get('capacity', 'n/a')} req/s, so "
@@ -834,8 +839,8 @@ def main() -> None:
         panels = [
             x for x in all_settings if any(fnmatch.fnmatch(x, g) for g in args.panels.split(","))
         ]
-        plot_heatmap(runs, panels, all_cells, md.with_name("policy_suite_heatmap.png"))
-        print(f"wrote {md} and {md.with_name('policy_suite_heatmap.png')}")
+        plot_heatmap(runs, panels, all_cells, heatmap_path(md))
+        print(f"wrote {md} and {heatmap_path(md)}")
 
 
 if __name__ == "__main__":

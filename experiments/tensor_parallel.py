@@ -8,7 +8,8 @@ everything the file holds. One part per command keeps each within a 10-minute li
 
     # any machine (CPU, 8 fake devices; ~3 min)
     PYTHONPATH=. python experiments/tensor_parallel.py --parts cpu \
-        --json experiments/results/tensor_parallel.json --out experiments/results/tensor_parallel.md
+        --json experiments/results/tensor_parallel/runs.json \
+        --out experiments/results/tensor_parallel.md
     # nvidia-h200-x2 (NCCL_NVLS_ENABLE=0 stays set: NVLink multicast off)
     PYTHONPATH=. python experiments/tensor_parallel.py --parts 8b-tp1 8b-tp2 --json $OUT/tp.json
     PYTHONPATH=. python experiments/tensor_parallel.py --parts 70b-tp2 --json $OUT/tp.json
@@ -424,9 +425,9 @@ def render(data: dict, command: str) -> str:
             "",
             "```",
             *(
-                "cp experiments/results/tensor_parallel.json $OUT/ && PYTHONPATH=. python "
+                "cp experiments/results/tensor_parallel/runs.json $OUT/ && PYTHONPATH=. python "
                 f"experiments/tensor_parallel.py --parts {part} --json "
-                "$OUT/tensor_parallel.json --out $OUT/tensor_parallel.md"
+                "$OUT/runs.json --out $OUT/tensor_parallel.md"
                 for part in GPU_PARTS
             ),
             "```",
