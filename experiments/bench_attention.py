@@ -12,14 +12,12 @@ smallest kv-length bucket that holds the sequences (the engine's default buckets
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlora.bench.results_file import run_header
+from jlora.bench.results_file import median_seconds, run_header
 from jlora.kernels.paged_attention import (
     paged_decode_attention_gpu,
     paged_decode_attention_ref,
@@ -29,13 +27,7 @@ COPY_CEILING = 2.9e12  # bytes/s, measured read + write on the H100
 
 
 def _median_ms(fn, reps: int) -> float:
-    fn().block_until_ready()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn().block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(lambda: fn().block_until_ready(), repeats=reps, warmup=1)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from jlora.bench.results_file import run_header
+from jlora.bench.results_file import median_seconds, run_header
 
 HF_ADAPTERS = ("a0", "a1", "a2")
 
@@ -207,24 +207,18 @@ def _hf_part(args) -> dict:
         names = [HF_ADAPTERS[i % 3] for i in range(b)]
         timings = {}
         for new in (2, 2 + args.hf_steps):  # difference of two lengths removes the prefill
-            model.generate(
-                input_ids=ids,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                do_sample=False,
-                adapter_names=names,
-            )  # warm-up of this shape
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            model.generate(
-                input_ids=ids,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                do_sample=False,
-                adapter_names=names,
-            )
-            torch.cuda.synchronize()
-            timings[new] = time.perf_counter() - t
+
+            def generate(new=new, ids=ids, names=names) -> None:
+                model.generate(
+                    input_ids=ids,
+                    max_new_tokens=new,
+                    min_new_tokens=new,
+                    do_sample=False,
+                    adapter_names=names,
+                )
+                torch.cuda.synchronize()
+
+            timings[new] = median_seconds(generate, repeats=1, warmup=1)  # after a warm-up
         ms = 1e3 * (timings[2 + args.hf_steps] - timings[2]) / args.hf_steps
         out[f"decode_ms/{b}"] = ms
         print(f"[hf+peft] decode B={b:4d} mixed adapters: {ms:.2f} ms/token", flush=True)

@@ -25,13 +25,13 @@ import gc
 import pstats
 import re
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jlora.bench.profiling import host_events, profile_calls
+from jlora.bench.results_file import median_seconds
 from jlora.config import GRAPH_SCHEDULING, EngineConfig
 from jlora.engine import Engine
 from jlora.runner import model_runner as mr
@@ -43,13 +43,7 @@ ADAPTERS = ("a0", "a1", "a2")
 
 
 def _median_ms(fn, reps: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(fn, repeats=reps, warmup=1)
 
 
 def _kernel_events(data) -> list[tuple[str, float, float]]:

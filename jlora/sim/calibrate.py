@@ -108,17 +108,6 @@ def device_tag() -> str:
 Timer = Callable[[], float]
 
 
-def _median_time(fn: Callable[[], object], reps: int, warm: int, timer: Timer) -> float:
-    for _ in range(warm):
-        fn()
-    times = []
-    for _ in range(reps):
-        t = timer()
-        fn()
-        times.append(timer() - t)
-    return statistics.median(times)
-
-
 def _split(total: int, parts: int) -> list[int]:
     q, r = divmod(total, parts)
     return [q + (i < r) for i in range(parts)]
