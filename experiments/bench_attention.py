@@ -12,15 +12,12 @@ smallest kv-length bucket that holds the sequences (the engine's default buckets
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jlora.bench.results_file import median_seconds, run_header
 from jlora.kernels.paged_attention import (
     paged_decode_attention_gpu,
     paged_decode_attention_ref,
@@ -30,13 +27,7 @@ COPY_CEILING = 2.9e12  # bytes/s, measured read + write on the H100
 
 
 def _median_ms(fn, reps: int) -> float:
-    fn().block_until_ready()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn().block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(lambda: fn().block_until_ready(), repeats=reps, warmup=1)
 
 
 def main() -> None:
@@ -101,15 +92,10 @@ def main() -> None:
                 flush=True,
             )
     if args.out:
-        dev = jax.devices()[0]
         lines = [
             "# Decode attention over the paged KV cache, one layer of Llama-3.1-8B",
             "",
-            f"- date: {datetime.date.today()}",
-            f"- device: {dev.device_kind}; jax {jax.__version__}; "
-            f"python {platform.python_version()}",
-            "- command: `PYTHONPATH=. python experiments/bench_attention.py "
-            "--out experiments/results/attention.md`",
+            *run_header().lines(),
             f"- 32 query heads, 8 KV heads, head_dim 128, bf16, page size {ps}; the cache holds "
             f"{args.layers} layers of {num_pages} pages and is passed whole; the kernel's page "
             f"table is {args.context} tokens wide, the reference's the smallest of 256 / 1024 / "

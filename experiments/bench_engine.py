@@ -18,16 +18,16 @@ adapters, ``generate`` on a mixed batch (``adapter_names=``), time per generated
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from jlora.bench.results_file import median_seconds, run_header
 
 HF_ADAPTERS = ("a0", "a1", "a2")
 
@@ -37,8 +37,10 @@ def _engine_part(args) -> dict:
 
     import jax
 
-    from jlora import Engine, EngineConfig, SamplingParams
     from jlora.bench.decode_timing import median_decode_step_ms
+    from jlora.config import EngineConfig
+    from jlora.engine import Engine
+    from jlora.sampling_params import SamplingParams
     from models.presets import get_preset
 
     cfg = get_preset(args.model)
@@ -206,24 +208,18 @@ def _hf_part(args) -> dict:
         names = [HF_ADAPTERS[i % 3] for i in range(b)]
         timings = {}
         for new in (2, 2 + args.hf_steps):  # difference of two lengths removes the prefill
-            model.generate(
-                input_ids=ids,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                do_sample=False,
-                adapter_names=names,
-            )  # warm-up of this shape
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            model.generate(
-                input_ids=ids,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                do_sample=False,
-                adapter_names=names,
-            )
-            torch.cuda.synchronize()
-            timings[new] = time.perf_counter() - t
+
+            def generate(new=new, ids=ids, names=names) -> None:
+                model.generate(
+                    input_ids=ids,
+                    max_new_tokens=new,
+                    min_new_tokens=new,
+                    do_sample=False,
+                    adapter_names=names,
+                )
+                torch.cuda.synchronize()
+
+            timings[new] = median_seconds(generate, repeats=1, warmup=1)  # after a warm-up
         ms = 1e3 * (timings[2 + args.hf_steps] - timings[2]) / args.hf_steps
         out[f"decode_ms/{b}"] = ms
         print(f"[hf+peft] decode B={b:4d} mixed adapters: {ms:.2f} ms/token", flush=True)
@@ -234,10 +230,8 @@ def _write(args, ours: dict, hf: dict | None) -> str:
     lines = [
         "# Engine benchmark",
         "",
-        f"- date: {datetime.date.today().isoformat()}",
-        f"- device: {ours['device']}; jax {ours['jax']}"
-        + (f"; torch {hf['torch']}" if hf else "")
-        + f"; python {platform.python_version()}",
+        *run_header().lines(),
+        *([f"- torch {hf['torch']} (the HF transformers + PEFT baseline)"] if hf else []),
         f"- model: `{args.model}` preset, dummy weights, bfloat16 ({ours['weight_gb']:.1f} GB); "
         "3 adapters of rank 16 on all seven modules, 3 slots; "
         f"prompts of {args.prompt_len} tokens; decode attention: {ours.get('attention', 'xla')}",

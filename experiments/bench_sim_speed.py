@@ -12,16 +12,13 @@ simulation (drawing the workload not included), steps, tokens, and what the run 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import sys
 import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from jlora.bench.results_file import REPO_ROOT, run_header
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # name: (requests, rate, adapters, slots, longest prompt and output, adapter distribution)
@@ -107,21 +104,17 @@ def main() -> None:
     parser.add_argument("--sim-cost-model", help="default: the shipped one of the preset")
     parser.add_argument("--only", choices=sorted(WORKLOADS), help="run one workload")
     parser.add_argument("--num-prompts", type=int, help="override the workload's request count")
-    parser.add_argument("--out", default=str(ROOT / "experiments/results/sim_speed.md"))
+    parser.add_argument("--out", default=str(REPO_ROOT / "experiments/results/sim_speed.md"))
     args = parser.parse_args()
-    import jax
 
     rows = [run_one(name, args) for name in ([args.only] if args.only else WORKLOADS)]
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     lines = [
         "# Simulator speed",
         "",
-        f"- date: {datetime.date.today().isoformat()}; device: CPU ({os.cpu_count()} cores, "
-        f"{platform.processor() or platform.machine()}); jax {jax.__version__}; "
-        f"python {platform.python_version()}",
+        *run_header().lines()[:1],
         f"- model: `{args.model}`; cost model: {rows[0]['cost_model']}"
         + (f" (`{args.sim_cost_model}`)" if args.sim_cost_model else " (shipped)"),
-        f"- command: `{command}`",
+        *run_header().lines()[1:],
         *([f"- note on the cost model: {rows[0]['note']}"] if rows[0].get("note") else []),
         "",
         "CPU seconds of the simulation (``run_workload`` on ``make_sim_engine``), without "

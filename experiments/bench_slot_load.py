@@ -39,13 +39,12 @@ import os
 import platform
 import re
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from jlora.bench.results_file import REPO_ROOT as ROOT
+from jlora.bench.results_file import command_line, git_commit
+
 RESULTS = ROOT / "experiments" / "results"
 
 # The targets (H100): ms, and the decode-step slowdown as a fraction.
@@ -161,8 +160,10 @@ def measure_loads(args) -> dict:
 def measure_decode(args) -> dict:
     import jax
 
-    from jlora import Engine, EngineConfig, SamplingParams
     from jlora.adapters import random_adapter
+    from jlora.config import EngineConfig
+    from jlora.engine import Engine
+    from jlora.sampling_params import SamplingParams
 
     model = args.decode_model or args.model
     names = {"u0": "dummy:16", "u1": "dummy:16"}
@@ -239,18 +240,14 @@ def device_tag() -> str:
 def run(args) -> dict:
     import jax
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     data = {
-        "commit": commit or "unknown",
+        "commit": git_commit(),
         "date": datetime.date.today().isoformat(),
         "device": device_tag(),
         "device_kind": jax.devices()[0].device_kind,
         "jax": jax.__version__,
         "python": platform.python_version(),
-        "command": command,
+        "command": command_line(),
         "setting": {
             "model": args.model,
             "slots": args.slots,
@@ -341,7 +338,7 @@ def summary(data: dict) -> str:
 def device_section(data: dict, json_name: str) -> list[str]:
     s = data["setting"]
     lines = [
-        f"### {data['device_kind']} ({data['device']})",
+        f"#### {data['device_kind']} ({data['device']})",
         "",
         f"- commit {data['commit']}, {data['date']}; jax {data['jax']}; python {data['python']}; "
         f"host load average at start and end: {data.get('load_average', 'not recorded')} "

@@ -24,10 +24,11 @@ import time
 
 import jax
 
-from jlora import Engine, EngineConfig, SamplingParams
 from jlora.bench.decode_timing import median_decode_step_ms
-from jlora.config import GRAPH_SCHEDULING
+from jlora.config import GRAPH_SCHEDULING, EngineConfig
+from jlora.engine import Engine
 from jlora.kernels import tuned_blocks
+from jlora.sampling_params import SamplingParams
 
 ADAPTERS = ("a0", "a1", "a2")
 

@@ -14,17 +14,17 @@ Prints the table (means over seeds) and writes it to ``results/fake_seed_workloa
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from jlora import Engine, EngineConfig, SamplingParams
+from jlora.bench.results_file import run_header
 from jlora.clock import FakeClock
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 from jlora.runner.fake import FakeRunner
+from jlora.sampling_params import SamplingParams
 
 
 def workload(n: int, rate: float, adapters: list[str], seed: int, max_len: int = 512):
@@ -119,13 +119,13 @@ def main() -> None:
     lines = [
         "# The seed workload on the fake runner",
         "",
-        f"{datetime.date.today()}, fake runner on the CPU (step times, not a GPU measurement): "
+        *run_header().lines(),
+        "",
+        "Fake runner on the CPU (step times, not a GPU measurement): "
         f"decode {args.decode_base * 1e3:g} ms + {args.decode_per_seq * 1e3:g} ms/seq, prefill "
         f"{args.prefill_base * 1e3:g} ms + {args.prefill_per_token * 1e3:g} ms/token, load "
         f"{args.load_time * 1e3:g} ms. Means over seeds {args.seeds}; times in seconds; loads: "
         "adapter copies into slots; pauses: request pauses.",
-        "",
-        "    " + shlex.join(["python", *sys.argv]),
         "",
         "| policy | threshold s | " + " | ".join(keys) + " |",
         "|---|---|" + "---|" * len(keys),

@@ -13,7 +13,6 @@ verdict of your own; the "Current" section is rewritten each time.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -22,12 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
-
-from jlora.bench.results_file import git_commit, write_results_file
+from jlora.bench.results_file import run_header, write_results_file
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "reliability.md"
+RAW = ROOT / "experiments" / "results" / "reliability" / "runs.jsonl"
 
 
 def run(ops: int, seed: int, select: str | None) -> tuple[list[dict], int, float, str]:
@@ -52,8 +50,6 @@ def run(ops: int, seed: int, select: str | None) -> tuple[list[dict], int, float
 
 
 def render(rows: list[dict], ops: int, seed: int, wall: float, rc: int, command: str) -> str:
-    commit = git_commit(ROOT)
-    date = datetime.date.today().isoformat()
     total_ops = sum(r["ops"] for r in rows)
     total_req = sum(r["requests"] for r in rows)
     found = sum(len(r["violations"]) for r in rows)
@@ -62,11 +58,12 @@ def render(rows: list[dict], ops: int, seed: int, wall: float, rc: int, command:
         "",
         "## Current",
         "",
-        f"- commit `{commit}`, {date}; device: this CPU (2 cores, shared), jax {jax.__version__}",
+        *run_header(command=command).lines()[:1],
         f"- claim: {total_ops:,} operations and {total_req:,} requests over {len(rows)} "
         f"configurations (seed {seed}, {ops} operations per configuration, the Pallas one "
         f"fewer) find {found} violations; pytest exit status {rc}; {wall / 60:.1f} min",
         f"- command: `{command}`",
+        f"- raw data: `{RAW.relative_to(ROOT)}` (one JSON line per configuration)",
         "- what is checked: `tests/fuzz_engine.py` (module docstring); `make test` runs the same "
         "configurations at 100 operations each (`tests/test_randomized.py`)",
         "",
@@ -83,9 +80,7 @@ def render(rows: list[dict], ops: int, seed: int, wall: float, rc: int, command:
     lines += ["", "Violations (first 5 per configuration):", ""]
     listed = [f"- {v}" for r in rows for v in r["violations"][:5]]
     lines += listed or ["- none"]
-    lines += ["", "Raw data (one JSON line per configuration):", "", "```"]
-    lines += [json.dumps(r) for r in rows]
-    lines += ["```", ""]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -101,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     command += f"--seed {args.seed}"
     rows, rc, wall, tail = run(args.ops, args.seed, args.select)
     print(tail)
+    RAW.parent.mkdir(parents=True, exist_ok=True)
+    RAW.write_text("".join(json.dumps(r) + "\n" for r in rows))
     current = render(rows, args.ops, args.seed, wall, rc, command)
     write_results_file(args.out, current, args.log, ROOT)
     print(f"wrote {args.out}")

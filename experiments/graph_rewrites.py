@@ -4,9 +4,10 @@ On GPU a step runs as one CUDA graph. Before each launch XLA compares the addres
 that the graph's nodes use with those of the last launch, and rewrites the nodes whose buffers
 moved. Its ``command_buffer_thunk`` logs, at verbosity 3, each rewrite with the number of buffer
 allocations that changed and the microseconds the rewrite took. This script turns that log on,
-runs ``--steps`` decode steps of ``step_spread.py``'s engine (Llama-3.1-8B preset, dummy weights,
-three rank-16 adapters, overlap scheduling) per batch and adapter mix, reads the log of those
-steps back, and prints per step: rewrites, changed allocations, rewrite time, and step time.
+runs ``--steps`` decode steps of ``step_spread.py``'s engine (:mod:`jlora.bench.decode_timing`:
+Llama-3.1-8B preset, dummy weights, three rank-16 adapters, overlap scheduling) per batch and
+adapter mix, reads the log of those steps back, and prints per step: rewrites, changed
+allocations, rewrite time, and step time.
 Compare ``--stage-host-inputs`` (the default on GPU) with ``--no-stage-host-inputs``
 (``EngineConfig.stage_host_inputs``). On CPU there is no graph and nothing is logged.
 
@@ -29,7 +30,13 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
-from step_spread import adapter_mixes, engine_arguments, make_engine, step_times_ms  # noqa: E402
+
+from jlora.bench.decode_timing import (  # noqa: E402
+    adapter_mixes,
+    engine_arguments,
+    make_engine,
+    step_times_ms,
+)
 
 MARK = "jlora-graph-rewrites step "
 CHANGED = re.compile(r"updated_allocs=(\d+)")

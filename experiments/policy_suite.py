@@ -36,8 +36,6 @@ import fnmatch
 import json
 import math
 import multiprocessing
-import subprocess
-import sys
 import time
 import warnings
 from collections import Counter
@@ -46,10 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from jlora.bench.seed import SEED_RANKS  # noqa: E402
+from jlora.bench.results_file import REPO_ROOT as ROOT
+from jlora.bench.results_file import command_line, git_commit
+from jlora.bench.seed import SEED_RANKS
 
 RESULTS = ROOT / "experiments/results"
 MODEL = "llama-3.1-8b"
@@ -190,10 +187,9 @@ _COST = {}
 
 def run_one(job: dict) -> dict:
     """One cell under one setting, in the simulator: the run's record."""
-    from jlora.bench.config import BenchConfig
+    from jlora.bench.config import BenchConfig, build_workload
     from jlora.bench.driver import run_workload
     from jlora.bench.metrics import compute_metrics
-    from jlora.bench.workload import build_workload
     from jlora.config import EngineConfig
     from jlora.sim import calibrated_setting, load_cost_model, make_sim_engine
 
@@ -287,17 +283,6 @@ def measure_capacity(cost_model: str | None, commit: str, date: str) -> float:
         }
     )
     return rec["request_throughput"]
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return head + ("-dirty" if dirty else "")
 
 
 # ----------------------------------------------------------------------------- targets
@@ -603,6 +588,11 @@ def plot_heatmap(runs, settings, cells, path: Path) -> None:
     plt.close(fig)
 
 
+def heatmap_path(md: Path) -> Path:
+    """The heat map beside the raw data, under ``results/<topic>/``."""
+    return md.parent / md.stem / "heatmap.png"
+
+
 def render(runs, raw: Path, md: Path, meta: dict) -> str:
     import jax
 
@@ -634,7 +624,7 @@ def render(runs, raw: Path, md: Path, meta: dict) -> str:
         f"- claim (issue #18's targets): {claim}",
         f"- command: `{meta['command']}` ({meta['timing']})",
         f"- raw data: `{raw.relative_to(ROOT)}` (one JSON line per cell and setting); heat map: "
-        f"`{md.with_name('policy_suite_heatmap.png').name}`",
+        f"`{heatmap_path(md).relative_to(md.parent).as_posix()}`",
         f"- cells: {len(cells)}, {', '.join(map(str, n))} requests each; capacity of the seed "
         f"setting (drainer off, {CAPACITY_PROMPTS} requests sent at once): "
         f"{meta.get('capacity', 'n/a')} req/s, so "
@@ -768,8 +758,8 @@ def main() -> None:
 
     cost_path = args.sim_cost_model or str(default_cost_model_path(MODEL))
     cost_info = json.loads(Path(cost_path).read_text())
-    commit, date = git_commit(), datetime.date.today().isoformat()
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    commit, date = git_commit(mark_dirty=True), datetime.date.today().isoformat()
+    command = command_line()
     meta = {
         "cost_model": Path(cost_path).relative_to(ROOT).as_posix()
         if Path(cost_path).is_relative_to(ROOT)
@@ -849,8 +839,8 @@ def main() -> None:
         panels = [
             x for x in all_settings if any(fnmatch.fnmatch(x, g) for g in args.panels.split(","))
         ]
-        plot_heatmap(runs, panels, all_cells, md.with_name("policy_suite_heatmap.png"))
-        print(f"wrote {md} and {md.with_name('policy_suite_heatmap.png')}")
+        plot_heatmap(runs, panels, all_cells, heatmap_path(md))
+        print(f"wrote {md} and {heatmap_path(md)}")
 
 
 if __name__ == "__main__":

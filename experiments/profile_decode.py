@@ -22,47 +22,28 @@ import argparse
 import collections
 import cProfile
 import gc
-import glob
 import pstats
 import re
 import statistics
-import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlora import Engine, EngineConfig, SamplingParams
-from jlora.config import GRAPH_SCHEDULING
+from jlora.bench.profiling import host_events, profile_calls
+from jlora.bench.results_file import median_seconds
+from jlora.config import GRAPH_SCHEDULING, EngineConfig
+from jlora.engine import Engine
 from jlora.runner import model_runner as mr
 from jlora.runner.attention import DecodeAttention
 from jlora.runner.sampling import SamplingInputs, sample
+from jlora.sampling_params import SamplingParams
 
 ADAPTERS = ("a0", "a1", "a2")
 
 
 def _median_ms(fn, reps: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
-
-
-def _profile(step, steps: int):
-    """Run ``steps`` calls of ``step`` under the profiler: (wall ms per call, the trace read back
-    as ``jax.profiler.ProfileData``, or None if no trace was written)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        with jax.profiler.trace(tmp):
-            for _ in range(steps):
-                step()
-        wall_ms = 1e3 * (time.perf_counter() - t0) / steps
-        files = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
-        return wall_ms, jax.profiler.ProfileData.from_file(files[0]) if files else None
+    return 1e3 * median_seconds(fn, repeats=reps, warmup=1)
 
 
 def _kernel_events(data) -> list[tuple[str, float, float]]:
@@ -130,7 +111,7 @@ def _trace(step, steps: int, label: str, hlo_text: str = "") -> None:
     """Trace ``steps`` calls of ``step`` and print where the GPU's time goes; with the step's
     compiled HLO, each kernel family also names the ops (named scopes) its kernels come from."""
     step()
-    wall_ms, data = _profile(step, steps)
+    wall_ms, data = profile_calls(step, steps)
     events = _kernel_events(data) if data else []
     launches = _host_api_calls(data) if data else {}
     if not events:
@@ -228,22 +209,6 @@ def _measure(
         f"{device_ms:6.2f} ms, XLA bytes accessed {gb:6.1f} GB"
     )
     return device_ms
-
-
-def host_events(step, steps: int, top: int = 30) -> None:
-    """Trace ``steps`` calls of ``step``; print the host's events by total time per call."""
-    _, data = _profile(step, steps)
-    total: dict[str, float] = collections.defaultdict(float)
-    count: dict[str, int] = collections.Counter()
-    for plane in data.planes if data else ():
-        if plane.name.startswith("/host"):
-            for line in plane.lines:
-                for e in line.events:
-                    total[e.name[:110]] += e.duration_ns
-                    count[e.name[:110]] += 1
-    print("  host events, by total time per step:")
-    for name, ns in sorted(total.items(), key=lambda kv: -kv[1])[:top]:
-        print(f"    {ns / 1e6 / steps:7.3f} ms/step {count[name] / steps:6.1f} x  {name}")
 
 
 def _measure_engine_step(

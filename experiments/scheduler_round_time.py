@@ -20,10 +20,10 @@ from types import SimpleNamespace
 import numpy as np
 
 from jlora.adapters.pool import AdapterPool
+from jlora.build import make_policy
 from jlora.config import EngineConfig
-from jlora.runner.kv_cache import PagePool
-from jlora.sampling import SamplingParams
-from jlora.scheduler.policies import make_policy
+from jlora.sampling_params import SamplingParams
+from jlora.scheduler.pages import PagePool
 from jlora.scheduler.request import Request
 from jlora.scheduler.scheduler import Scheduler, SchedulerConfig
 

@@ -15,14 +15,12 @@ workload through the simulator. Writes our table beside the seed's A100 table.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
-import sys
 from pathlib import Path
 
 from jlora.bench.cli import RunnerCache, run_bench
 from jlora.bench.config import BenchConfig
+from jlora.bench.results_file import run_header
 from jlora.bench.seed import SEED_RANKS, seed_engine_config
 
 SEED_A100 = {  # the seed's own table: SGLang main vs the drainer PR at 3 s (A100, rate 4)
@@ -132,17 +130,14 @@ def main() -> None:
 
 
 def render(args, settings: list[str], tables: dict[float, dict]) -> str:
-    import jax
-
     lines = [
         "# The seed's experiment, reproduced",
         "",
-        f"- date: {datetime.date.today().isoformat()}; device: {jax.devices()[0].device_kind}; "
-        f"jax {jax.__version__}; python {platform.python_version()}; backend: {args.backend}",
-        f"- workload: `{args.model}` preset, dummy weights, bfloat16; 6 dummy adapters of ranks "
+        *run_header().lines(),
+        f"- backend: {args.backend}; workload: `{args.model}` preset, dummy weights, bfloat16; "
+        "6 dummy adapters of ranks "
         f"{', '.join(map(str, SEED_RANKS))} on all seven modules; {args.num_prompts} prompts, "
         "input and output lengths uniform in [1, 512]; max loaded 6, per batch 3",
-        f"- command: `PYTHONPATH=. python experiments/seed_repro.py {' '.join(sys.argv[1:])}`",
         "",
     ]
     for rate, metrics in tables.items():

@@ -29,17 +29,14 @@ Writes ``experiments/results/sim_fidelity.md`` (or ``--report``).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import gc
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import calibrate_costs as cc  # noqa: E402
+import jlora.sim.calibration_run as cc
+from jlora.bench.results_file import run_header
 
 # Per model: (requests, rate, longest prompt and output) of each workload.
 WORKLOADS = {
@@ -61,8 +58,6 @@ def main() -> None:
     parser.add_argument("--report", default=str(cc.ROOT / "experiments/results/sim_fidelity.md"))
     parser.add_argument("--details", help="write each run's per-request TTFTs (ms) here, JSON")
     args = parser.parse_args()
-
-    import jax
 
     from jlora.bench.driver import run_workload
     from jlora.bench.workload import make_random_workload
@@ -172,14 +167,12 @@ def main() -> None:
     if args.details:
         Path(args.details).parent.mkdir(parents=True, exist_ok=True)
         Path(args.details).write_text(json.dumps(details))
-    dev = jax.devices()[0]
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     cal = cost.info.get("calibrated_with", {})
     header = [
         "# Simulator fidelity: the real engine against the simulator",
         "",
-        f"- date: {datetime.date.today().isoformat()}; device: {dev.device_kind}; "
-        f"jax {jax.__version__}; clock: {args.clock}",
+        *run_header().lines(),
+        f"- clock: {args.clock}",
         f"- model: `{args.model}` preset, dummy weights, {config.dtype}; "
         f"{len(names)} adapters (ranks {', '.join(str(r) for r in s['ranks'])}), "
         f"{config.max_loras_per_batch} slots, max rank {config.max_lora_rank}, "
@@ -192,7 +185,7 @@ def main() -> None:
             else ""
         )
         + ")",
-        f"- command: `{command}` ({time.perf_counter() - t_start:.0f} s in all)",
+        f"- took {time.perf_counter() - t_start:.0f} s in all",
         "",
         "Compared: median and P99 of TTFT and E2E (ms), as `jlora bench` reports them; the "
         "error is simulated / real - 1.",

@@ -19,15 +19,14 @@ that steps waited for them to land (``load_wait``), and TTFT / E2E latencies. Wr
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from jlora.bench.results_file import REPO_ROOT as ROOT
+from jlora.bench.results_file import run_header, write_results_file
+
 BASE = "bac44e0"  # the commit before issue #17
 
 
@@ -96,7 +95,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--drain", type=float, nargs="+", default=[0.0, 3.0], help="preempt at (0: off)")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "sim_slot_loads.md"))
     args = p.parse_args(argv)
-    import jax
 
     rows = []
     for label, spec in (("before", args.before), ("after", args.after)):
@@ -106,10 +104,6 @@ def main(argv: list[str] | None = None) -> None:
                 r = run_one(args.model, cost, prefetch, drain, args.rate, args.num_prompts)
                 rows.append({"cost": label, "drain": drain, "prefetch": prefetch, **r})
                 print(json.dumps(rows[-1]), flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     table = [
         "| load terms | preempt at | prefetch | slot loads | load (ms) | load wait (ms) | "
         "TTFT P50 (ms) | TTFT P99 (ms) | E2E P99 (ms) |",
@@ -122,9 +116,6 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['median_ttft_ms']:.0f} | {r['p99_ttft_ms']:.0f} | {r['p99_e2e_latency_ms']:.0f} |"
         )
     out = Path(args.out)
-    log: list[str] = []
-    if out.is_file() and "## Log" in out.read_text():
-        log = out.read_text().split("## Log", 1)[1].strip("\n").splitlines()
     first = next(r for r in rows if not r["prefetch"] and r["cost"] == "before")
     last = next(r for r in rows if not r["prefetch"] and r["cost"] == "after")
     verdict = (
@@ -137,22 +128,15 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "## Current",
         "",
-        f"- commit {commit}, {datetime.date.today().isoformat()}; jax {jax.__version__}; "
-        f"simulator (virtual time; the cost models' own devices, see their summaries)",
+        *run_header().lines(),
+        "- simulator: virtual time; the cost models' own devices, see their summaries",
         f"- `before`: `{args.before}`; `after`: `{args.after}`",
-        f"- command: `{command}`",
         f"- {verdict}",
         "",
         *table,
         "",
-        "## Log",
-        "",
-        f"### {datetime.date.today().isoformat()} {commit}: {verdict}",
-        "",
-        *log,
-        "",
     ]
-    out.write_text("\n".join(lines))
+    write_results_file(out, "\n".join(lines) + "\n", verdict)
     print(f"wrote {out}")
 
 

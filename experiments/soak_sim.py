@@ -22,7 +22,6 @@ more than ``--rss-slack-mb``. Writes ``experiments/results/soak.md`` (``--out``)
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import resource
 import sys
@@ -30,12 +29,11 @@ import time
 import warnings
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from jlora.bench.results_file import git_commit, write_results_file
+from jlora.bench.results_file import run_header, write_results_file
 from jlora.config import EngineConfig
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 from jlora.scheduler.policies import DRAIN_POLICIES
 from jlora.scheduler.request import Status
 from jlora.sim import make_sim_engine
@@ -201,7 +199,6 @@ def verdict(row: dict) -> bool:
 
 
 def render(rows: list[dict], args, command: str) -> str:
-    commit = git_commit(ROOT)
     ok = all(verdict(r) for r in rows)
     runs = ", ".join(f"{r['policy']} ({r['added']:,} requests)" for r in rows)
     lines = [
@@ -209,8 +206,8 @@ def render(rows: list[dict], args, command: str) -> str:
         "",
         "## Current",
         "",
-        f"- commit `{commit}`, {datetime.date.today().isoformat()}; device: this CPU (2 cores, "
-        f"shared), jax {jax.__version__}; model `{args.model}` (shipped H100 cost model)",
+        *run_header(command=command).lines()[:1],
+        f"- model `{args.model}` (shipped H100 cost model)",
         f"- claim: nothing lost, nothing wedged, memory flat: {'met' if ok else 'NOT met'} "
         f"for {runs}",
         f"- command: `{command}`",

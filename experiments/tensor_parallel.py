@@ -8,7 +8,8 @@ everything the file holds. One part per command keeps each within a 10-minute li
 
     # any machine (CPU, 8 fake devices; ~3 min)
     PYTHONPATH=. python experiments/tensor_parallel.py --parts cpu \
-        --json experiments/results/tensor_parallel.json --out experiments/results/tensor_parallel.md
+        --json experiments/results/tensor_parallel/runs.json \
+        --out experiments/results/tensor_parallel.md
     # nvidia-h200-x2 (NCCL_NVLS_ENABLE=0 stays set: NVLink multicast off)
     PYTHONPATH=. python experiments/tensor_parallel.py --parts 8b-tp1 8b-tp2 --json $OUT/tp.json
     PYTHONPATH=. python experiments/tensor_parallel.py --parts 70b-tp2 --json $OUT/tp.json
@@ -27,11 +28,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from jlora.bench.results_file import run_header
 
 ROOT = Path(__file__).resolve().parent.parent
 RANKS = (8, 16, 16, 32, 64, 8)  # the seed's adapters (experiments/seed_repro.py)
@@ -45,7 +47,7 @@ HLO_PRESETS = (("llama-3.1-8b", 2), ("llama-3.1-70b", 2), ("llama-3.1-70b", 8))
 
 def engine_config(model: str, tp: int, drainer: str, context: int = 1024):
     """The seed reproduction's engine (experiments/seed_repro.py) at ``tp_size=tp``."""
-    from jlora import EngineConfig
+    from jlora.config import EngineConfig
 
     policy, _, threshold = drainer.partition("@")
     return EngineConfig(
@@ -80,10 +82,10 @@ def _time_decode(engine, batch: int, steps: int) -> float:
 def gpu_part(name: str, args) -> dict:
     import jax
 
-    from jlora import Engine
     from jlora.bench.driver import run_workload
     from jlora.bench.metrics import compute_metrics
     from jlora.bench.workload import make_random_workload
+    from jlora.engine import Engine
     from jlora.tensor_parallel import count_collectives
 
     model, tp = GPU_PARTS[name]
@@ -225,19 +227,19 @@ def cpu_part(args) -> dict:
     import jax
 
     out: dict = {
-        "date": datetime.date.today().isoformat(),
-        "jax": jax.__version__,
+        **run_header().as_dict(),
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "python": platform.python_version(),
     }
-    from tests.tp_worker import run_workers
+    from jlora.bench.results_file import REPO_ROOT
+    from jlora.distributed import run_workers
 
+    # The checks of tests/test_tensor_parallel.py, run by name in processes of their own.
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        eq = run_workers("equivalence", Path(tmp))[0]
+        eq = run_workers("tests.tp_worker", "equivalence", Path(tmp), REPO_ROOT)[0]
         out["equivalence_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        dist = run_workers("distributed", Path(tmp))
+        dist = run_workers("tests.tp_worker", "distributed", Path(tmp), REPO_ROOT)
         out["distributed_s"] = time.perf_counter() - t
     ref = eq["xla/tp1"]
     out["equivalence"] = {}
@@ -423,9 +425,9 @@ def render(data: dict, command: str) -> str:
             "",
             "```",
             *(
-                "cp experiments/results/tensor_parallel.json $OUT/ && PYTHONPATH=. python "
+                "cp experiments/results/tensor_parallel/runs.json $OUT/ && PYTHONPATH=. python "
                 f"experiments/tensor_parallel.py --parts {part} --json "
-                "$OUT/tensor_parallel.json --out $OUT/tensor_parallel.md"
+                "$OUT/runs.json --out $OUT/tensor_parallel.md"
                 for part in GPU_PARTS
             ),
             "```",

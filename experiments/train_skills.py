@@ -18,16 +18,14 @@ the same command resumes an interrupted run (a finished one is restored, not ret
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
-import jax
-
-from jlora import Engine, EngineConfig
+from jlora.bench.results_file import run_header
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 from jlora.train import TrainConfig, export_base_model, export_peft_adapter, train_base, train_lora
 from jlora.train.assets import SKILLS_DIR, load_skills_assets, write_manifest
 from jlora.train.evaluate import EngineGreedyGenerator, ScoreGreedyGenerator, evaluate_skills
@@ -147,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Engine.generate, same mixed batch: {'identical' if same else 'DIFFERENT'} outputs")
     print(f"base {t_base:.0f} s, base + adapters {t_train:.0f} s, total {t_all:.0f} s")
     if args.results:
-        command = "python experiments/train_skills.py " + shlex.join(argv or sys.argv[1:])
+        command = "PYTHONPATH=. python experiments/train_skills.py " + shlex.join(
+            argv or sys.argv[1:]
+        )
         times = (t_base, t_train, t_all)
         write_results(Path(args.results), table, command.strip(), len(prompts), same, times)
 
@@ -157,8 +157,7 @@ def write_results(
 ) -> None:
     t_base, t_train, t_all = times
     path.parent.mkdir(parents=True, exist_ok=True)
-    device = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
+    header = run_header(command=command)
     text = f"""# Skills adapters: exact match on held-out prompts
 
 Rows: the adapter each request was served with (`none`: the base model alone). Columns: the
@@ -170,11 +169,10 @@ mixed batch served through `Engine.generate` (scheduler, paged KV cache, adapter
 
 {table}
 
-- date: {datetime.date.today().isoformat()}
-- device: {device.platform.upper()} ({cpu}), jax {jax.__version__}
+{header.lines()[0]}
 - time: base {t_base:.0f} s, base + {len(table.splitlines()) - 3} adapters {t_train:.0f} s,
   total with evaluation {t_all:.0f} s
-- command: `{command}`
+{header.lines()[1]}
 """
     path.write_text(text)
 

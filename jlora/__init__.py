@@ -1,30 +1,12 @@
 """jlora: a JAX research engine for serving many LoRA adapters on one base model.
 
-The public names are imported on first use, so that ``models`` (which uses ``jlora.kernels``) and
-the engine (which uses ``models``) can import each other's submodules without a cycle.
-"""
+The package imports nothing: ``jlora.kernels``, the bottom layer, which ``models`` uses, lives in
+it, so a package that imported the engine would import ``models`` from inside ``models``' own
+imports. The public names are in their modules::
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING
-
-__version__ = "0.1.0"
-__all__ = ["Engine", "EngineConfig", "SamplingParams"]
-
-_WHERE = {
-    "Engine": "jlora.engine",
-    "EngineConfig": "jlora.config",
-    "SamplingParams": "jlora.sampling",
-}
-
-if TYPE_CHECKING:
     from jlora.config import EngineConfig
     from jlora.engine import Engine
-    from jlora.sampling import SamplingParams
+    from jlora.sampling_params import SamplingParams
+"""
 
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'jlora' has no attribute {name!r}")
+__version__ = "0.1.0"

@@ -67,11 +67,11 @@ class EngineConfig:
     """Copy each step's host inputs into one persistent device buffer before the step, so that the
     step reads them at the same address every time (:mod:`jlora.runner.host_inputs`). On GPU, XLA
     rewrites the nodes of a step's CUDA graph whose buffers moved since its last launch: unstaged,
-    the layers read the step's freshly transferred buffer, and the rewrite took 1.7 ms of host time
-    a decode step of Llama-3.1-8B with three adapters on an H100 (0.15-0.3 ms staged), which on a
-    busy or slow host becomes step time. The copy is one more small launch: on an H100 whose host
-    kept up, steps took 0.15 ms longer staged. ``None``: staged on GPU only (a CPU has no graph to
-    rewrite, and there the copy made step times vary more)."""
+    the layers read the step's freshly transferred buffer, and the rewrite costs host time at every
+    step, which on a busy or slow host becomes step time; staged, the rewrite is much shorter, for
+    one more small launch (how much of each on the H100:
+    ``experiments/results/graph_scheduling.md``). ``None``: staged on GPU only (a CPU has no graph
+    to rewrite, and there the copy made step times vary more)."""
     lora_eviction_policy: str = "lru"
     """Which adapter leaves a device slot (or the host cache) when another needs it: ``lru`` or
     ``fifo``. An adapter with running requests never leaves its slot."""

@@ -42,8 +42,13 @@ default); on GPU they are NCCL's.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -152,3 +157,57 @@ def engine_clock(clock: Clock | None) -> Clock:
     if clock is not None:
         return clock
     return SyncedClock() if jax.process_count() > 1 else RealClock()
+
+
+def child_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a child process: this one's without its JAX and XLA settings (the child
+    sets its own before JAX starts), the checkout ``root`` on PYTHONPATH, and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    return {**env, "PYTHONPATH": str(root), **extra}
+
+
+def run_workers(
+    module: str, mode: str, out_dir: Path, root: Path, timeout_s: float = 300
+) -> list[dict]:
+    """Run ``python -m module mode OUT.json`` in fresh processes from ``root`` (one, or for
+    ``distributed`` two jax.distributed processes on a free localhost port) and return the JSON
+    each wrote, by process: the tensor-parallel checks need processes of their own (the number
+    of fake CPU devices is fixed before JAX starts)."""
+    extra = [{}]
+    if mode == "distributed":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        extra = [
+            {
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i),
+            }
+            for i in range(2)
+        ]
+    outs = [out_dir / f"{mode}{i}.json" for i in range(len(extra))]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", module, mode, str(out)],
+            cwd=root,
+            env=child_env(root, **e),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for out, e in zip(outs, extra, strict=True)
+    ]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=timeout_s)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:  # one process failed and left the other in a collective
+                p.kill()
+                p.wait()
+    for p, log in zip(procs, logs, strict=False):
+        if p.returncode:
+            raise RuntimeError(f"{module} {mode} exited with {p.returncode}:\n{log[-4000:]}")
+    return [json.loads(out.read_text()) for out in outs]

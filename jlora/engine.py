@@ -19,11 +19,11 @@ a fake runner in tests, or the simulator. The scheduling policy is built from
 ``engine.last_state`` is the scheduler's state at the last decision.
 
 Bad input is refused where it enters (``add_request``, ``SamplingParams``, ``abort``, ``score``,
-adapter loads): ``ValueError``, or :class:`~jlora.sampling.ArgumentTypeError` (a ``TypeError`` that
-is a ``ValueError`` too) for a wrong type, naming the field and the value, before any state
-changes. A failure inside a step (an adapter that cannot be read again, a runner error) ends the
-requests it touches with finish reason ``error`` and the message, frees their pages and slot, and
-the engine goes on serving; no request is ever left in no queue.
+adapter loads): ``ValueError``, or :class:`~jlora.sampling_params.ArgumentTypeError` (a
+``TypeError`` that is a ``ValueError`` too) for a wrong type, naming the field and the value,
+before any state changes. A failure inside a step (an adapter that cannot be read again, a runner
+error) ends the requests it touches with finish reason ``error`` and the message, frees their pages
+and slot, and the engine goes on serving; no request is ever left in no queue.
 """
 
 from __future__ import annotations
@@ -40,76 +40,29 @@ import numpy as np
 from jlora.adapters.dummy import parse_dummy_spec, random_adapter
 from jlora.adapters.peft import LoraAdapter, load_peft_adapter
 from jlora.adapters.pool import AdapterPool, HostAdapter
-from jlora.adapters.slots import SlotBuffers
+from jlora.build import (
+    device_memory,
+    kv_capacity_pages,
+    make_buckets,
+    make_model_runner,
+    make_policy,
+    make_scheduler,
+)
 from jlora.clock import Clock
 from jlora.config import EngineConfig
 from jlora.distributed import engine_clock
 from jlora.kernels.types import NO_SLOT
 from jlora.runner.base import FED_BACK, DecodeSeq, LaunchedDecode, PrefillSeq, Runner
-from jlora.runner.buckets import ShapeBuckets, geometric
-from jlora.runner.kv_cache import PagePool, kv_bytes_per_page
-from jlora.sampling import ArgumentTypeError, SamplingParams
-from jlora.scheduler.policies import make_policy
+from jlora.sampling_params import ArgumentTypeError, SamplingParams
+from jlora.scheduler.pages import PagePool
 from jlora.scheduler.request import Request, RequestOutput, Status, StreamEvent
 from jlora.scheduler.scheduler import (
     Policy,
-    Scheduler,
-    SchedulerConfig,
     SchedulerState,
     StepPlan,
 )
-from jlora.tensor_parallel import check_tp, make_mesh
+from jlora.tensor_parallel import check_tp
 from models.config import ModelConfig
-from models.weights import DTYPES, init_dummy_weights, load_hf_weights
-
-
-def make_buckets(config: EngineConfig, model: ModelConfig) -> ShapeBuckets:
-    """The step shapes this configuration compiles (one owner: :class:`ShapeBuckets`)."""
-    context = config.resolved_context_length(model)
-    pages_per_seq = -(-context // config.page_size)
-    kv_tokens = config.kv_len_buckets or geometric(256, context, 4)
-    attention_backend = config.resolved_attention_backend(jax.default_backend())
-    if config.kv_len_buckets is None and attention_backend == "pallas":
-        # The kernel reads each sequence's own pages whatever the table width: one width suffices.
-        kv_tokens = (context,)
-    kv_pages = tuple(sorted({min(pages_per_seq, -(-t // config.page_size)) for t in kv_tokens}))
-    if kv_pages[-1] < pages_per_seq:
-        kv_pages += (pages_per_seq,)
-    return ShapeBuckets(
-        prefill_tokens=config.prefill_token_buckets or geometric(64, config.max_prefill_tokens, 4),
-        decode_batch=config.decode_batch_buckets or geometric(8, config.max_running_requests, 4),
-        kv_pages=kv_pages,
-        prefix_pages=pages_per_seq,
-        prefill_rows=min(config.max_running_requests, config.max_prefill_tokens),
-    )
-
-
-def kv_capacity_pages(config: EngineConfig, model: ModelConfig, context: int) -> int:
-    """Pages of KV cache: from ``max_total_tokens``, or as SGLang sizes its pool: the weights, the
-    adapter slots and the KV cache together take ``mem_fraction_static`` of the device's memory
-    pool, the rest is left for activations (call after the weights are on the device). Under
-    tensor parallelism a page takes ``1 / tp_size`` of its bytes on each device (its KV heads)."""
-    if config.max_total_tokens is not None:
-        return -(-config.max_total_tokens // config.page_size) + 1
-    per_page = kv_bytes_per_page(model, config.page_size, DTYPES[config.dtype]) // config.tp_size
-    stats = device_memory_stats()
-    if "bytes_limit" in stats:
-        budget = stats["bytes_limit"] * config.mem_fraction_static - stats.get("bytes_in_use", 0)
-        pages = int(budget) // per_page
-        if pages < 2:
-            raise ValueError(
-                f"mem_fraction_static={config.mem_fraction_static} leaves no room for a KV cache "
-                f"({stats.get('bytes_in_use', 0) / 2**30:.1f} GiB in use of "
-                f"{stats['bytes_limit'] / 2**30:.1f} GiB); raise it or set max_total_tokens"
-            )
-        return pages
-    return 64 * -(-context // config.page_size) + 1  # CPU: room for 64 full contexts
-
-
-def device_memory_stats() -> dict:
-    """The first local device's memory statistics (``bytes_limit``, ``bytes_in_use``; a CPU has
-    none)."""
-    return jax.local_devices()[0].memory_stats() or {}
 
 
 class Engine:
@@ -131,31 +84,15 @@ class Engine:
         self.buckets = make_buckets(config, self.model_config)
         check_tp(self.model_config, config.tp_size)
         if runner is None:
-            mesh = make_mesh(config.tp_size) if config.tp_size > 1 else None
-            # Weights and slot buffers first: the KV cache takes what memory they leave.
-            if config.uses_files:
-                params = load_hf_weights(config.model, self.model_config, config.dtype, mesh)
-            else:
-                params = init_dummy_weights(
-                    self.model_config, config.dtype, config.random_seed, mesh
-                )
-            slots = None  # LoRA off: no slot buffers, steps without LoRA ops
-            if config.lora_enabled:
-                slots = SlotBuffers(
-                    self.model_config,
-                    config.max_loras_per_batch,
-                    config.max_lora_rank,
-                    config.dtype,
-                    mesh,
-                )
-        if getattr(runner, "num_pages", None) is not None:
-            # A runner taken over from an engine that is done (the benchmark's settings that
-            # differ only in scheduling): its KV cache is ours, already counted in the memory
-            # in use, so it is not sized again. The new page pool starts empty: what the cache
-            # held is never read.
-            num_pages = runner.num_pages
-        else:
-            num_pages = kv_capacity_pages(config, self.model_config, self.context_length)
+            runner = make_model_runner(config, self.model_config, self.buckets)
+        self.runner = runner
+        # A runner holds its KV cache (the real one; one taken over from an engine that is done,
+        # as the benchmark's settings that differ only in scheduling do, keeps it: the new page
+        # pool starts empty, so what the cache held is never read) or holds none and the pool is
+        # sized from the device's memory (the fake runner).
+        num_pages = runner.num_pages
+        if num_pages is None:
+            num_pages = kv_capacity_pages(config, self.model_config, device_memory())
         self.pages = PagePool(num_pages, config.page_size)
         self.adapters = AdapterPool(
             adapter_loader or self._load_adapter,
@@ -163,39 +100,14 @@ class Engine:
             config.max_loaded_loras,
             config.lora_eviction_policy,
         )
-        self.scheduler = Scheduler(
-            SchedulerConfig(
-                max_running_requests=config.max_running_requests,
-                max_prefill_tokens=config.max_prefill_tokens,
-                chunked_prefill_size=config.chunked_prefill_size or config.max_prefill_tokens,
-                max_prefill_seqs=self.buckets.prefill_rows,
-                base_uses_slot=config.base_model_uses_slot,
-                context_length=self.context_length,
-                prefetch=config.lora_prefetch,
-            ),
+        self.scheduler = make_scheduler(
+            config,
+            self.model_config,
+            self.buckets,
             self.pages,
             self.adapters,
             policy or make_policy(config),
         )
-        if runner is None:
-            from jlora.runner.model_runner import ModelRunner
-
-            runner = ModelRunner(
-                params,
-                self.model_config,
-                slots,
-                self.buckets,
-                num_pages,
-                config.page_size,
-                config.resolved_lora_backend(jax.default_backend()),
-                mesh,
-                attention_backend=config.resolved_attention_backend(jax.default_backend()),
-                graph_scheduling=config.graph_scheduling,
-                stage_host_inputs=config.resolved_stage_host_inputs(jax.default_backend()),
-            )
-            if config.warmup:
-                runner.warmup()
-        self.runner = runner
         # Read after the runner exists: the host cache keeps each adapter in the runner's form.
         for name, path in config.lora_paths.items():
             self.adapters.register(name, path)
@@ -206,8 +118,8 @@ class Engine:
         self._seeds: dict[int, int] = {}  # rid -> sampling seed
         self.num_steps = 0
         # Overlap scheduling: the dispatched decode step whose tokens the host has not read yet.
-        self._overlap = config.resolved_overlap_schedule(jax.default_backend()) and getattr(
-            runner, "supports_overlap", False
+        self._overlap = (
+            config.resolved_overlap_schedule(jax.default_backend()) and runner.supports_overlap
         )
         self._in_flight: tuple[list[Request], LaunchedDecode] | None = None
         self._last_resolved: float | None = None  # when the previous overlapped step's tokens came
@@ -253,16 +165,15 @@ class Engine:
             )
         self.adapters.register(name, path, pinned=pinned)
         if pinned:
-            taken = self.adapters.take_slot(name, self.scheduler.running_adapters() - {None})
+            taken = self.scheduler.take_slot(name)
             if taken is None:
                 self.adapters.unregister(name)
                 raise ValueError(f"no free slot to pin adapter {name!r}: every slot is in use")
             slot, must_load = taken
             if must_load:
                 try:
-                    self.runner.load_lora(slot, self.adapters.get(name))
+                    self._load_slot(slot, name)
                 except Exception:
-                    self._empty_slot(slot, name)
                     self.adapters.unregister(name)
                     raise
 
@@ -292,8 +203,8 @@ class Engine:
         arrival_time: float | None = None,
     ) -> int:
         """Queue a request; returns its id. Bad input raises ``ValueError`` (a wrong type
-        :class:`~jlora.sampling.ArgumentTypeError`, a ``TypeError`` and ``ValueError``) naming the
-        field and the value, and changes nothing."""
+        :class:`~jlora.sampling_params.ArgumentTypeError`, a ``TypeError`` and ``ValueError``)
+        naming the field and the value, and changes nothing."""
         return self._register(self._new_request(prompt_ids, params, lora_name, arrival_time))
 
     def _new_request(self, prompt_ids, params, lora_name, arrival_time) -> Request:
@@ -410,9 +321,8 @@ class Engine:
         # (lora_prefetch), whose load overlaps the steps until their turn.
         for slot, name in plan.loads + plan.prefetch:
             try:
-                self.runner.load_lora(slot, self.adapters.get(name))
+                self._load_slot(slot, name)
             except Exception as e:  # e.g. evicted from the host cache and its files gone since
-                self._empty_slot(slot, name)
                 users = [r for r in self.scheduler.running if r.lora_name == name]
                 failed += self._fail(users, e)
                 continue
@@ -468,6 +378,15 @@ class Engine:
                     StreamEvent(req.rid, None, len(req.output), now, finished=output)
                 )
         return out
+
+    def _load_slot(self, slot: int, name: str) -> None:
+        """Have the runner copy ``name`` into ``slot`` (given by :meth:`Scheduler.take_slot`); if
+        that fails the slot is emptied and the error raised."""
+        try:
+            self.runner.load_lora(slot, self.adapters.get(name))
+        except Exception:
+            self._empty_slot(slot, name)
+            raise
 
     def _empty_slot(self, slot: int, name: str) -> None:
         """A load of ``name`` into ``slot`` failed: the pool forgets it there and the device slot
@@ -733,28 +652,24 @@ class Engine:
                 if not batch or (tokens <= limit and len(grown) <= free_slots):
                     batch.append(i)
                     continue
-            self._score_batch(batch, ids, names, busy, results)
+            self._score_batch(batch, ids, names, results)
             batch = [i]
         return results  # type: ignore[return-value]
 
-    def _score_batch(self, batch, ids, names, busy, results) -> None:
+    def _score_batch(self, batch, ids, names, results) -> None:
         if not batch:
             return
         # In order of first use, not a set's: string hashes differ between processes, and every
         # process of a multi-process engine must load the same adapter into the same slot.
         for name in dict.fromkeys(names[i] for i in batch if names[i] is not None):
-            taken = self.adapters.take_slot(name, busy | {names[i] for i in batch} - {None, name})
+            taken = self.scheduler.take_slot(name, using={names[i] for i in batch} - {name})
             if taken is None:
                 raise ValueError(
                     "no free adapter slot to score with: all are held by running requests"
                 )
             slot, must_load = taken
             if must_load:
-                try:
-                    self.runner.load_lora(slot, self.adapters.get(name))
-                except Exception:
-                    self._empty_slot(slot, name)
-                    raise
+                self._load_slot(slot, name)
         seqs = [
             (ids[i], NO_SLOT if names[i] is None else self.adapters.slot_of(names[i]))
             for i in batch

@@ -6,9 +6,10 @@ One forward serves every use: a step is a flat run of ``T`` tokens from any numb
 group with the token's device slot (``jlora.kernels``).
 
 The layers are walked as an unrolled Python loop over per-layer weights rather than a ``lax.scan``
-over stacked weights: on the H100 the scan measured 2.5-3x slower for the same projections (each
-layer's slice appears to be copied before its matmul), and the unrolled loop lets the weight read of
-layer ``i + 1`` overlap layer ``i``.
+over stacked weights: on the H100 the scan measured slower for the same projections (each layer's
+slice appears to be copied before its matmul; that measurement predates ``experiments/results/``
+and was not kept), and the unrolled loop lets the weight read of layer ``i + 1`` overlap layer
+``i``.
 
 Shapes: ``T`` tokens, ``d`` hidden size, ``Hq``/``Hkv`` query/key-value heads of width ``D``,
 ``V`` vocabulary, ``I`` MLP width. Weights are stored ``[in, out]`` (the transpose of torch's), and

@@ -34,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jlora import Engine, EngineConfig, SamplingParams
 from jlora.adapters.dummy import random_adapter, save_peft_adapter
 from jlora.clock import FakeClock
+from jlora.config import EngineConfig
+from jlora.engine import Engine
+from jlora.sampling_params import SamplingParams
 from jlora.scheduler.request import Status
 from models.presets import get_preset
 

@@ -19,8 +19,8 @@ def measure(out: Path) -> None:
     """Calibrate the engine of ``test_sim._config`` on this CPU, run its workload three times on
     the real engine and once simulated; write each real run's comparison and whether all four
     ran the same steps."""
-    from jlora import Engine
     from jlora.bench.driver import run_workload
+    from jlora.engine import Engine
     from jlora.sim import make_sim_engine
     from jlora.sim.calibrate import Design, calibrate
     from jlora.sim.fidelity import CpuClock, compare

@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 
-from jlora import Engine, EngineConfig
 from jlora.bench.cli import RunnerCache, build_parser, make_engine, parse_setting
 from jlora.bench.config import BenchConfig
 from jlora.bench.driver import run_workload
@@ -17,7 +16,9 @@ from jlora.bench.metrics import compute_metrics, per_adapter_ttft
 from jlora.bench.report import format_compare
 from jlora.bench.workload import make_random_workload
 from jlora.clock import FakeClock
+from jlora.config import EngineConfig
 from jlora.config import EngineConfig as EC
+from jlora.engine import Engine
 from jlora.flags import dataclass_from_args, field_docs
 from jlora.runner.fake import FakeRunner
 from jlora.scheduler.request import RequestOutput
@@ -210,8 +211,9 @@ def test_settings_differing_only_in_scheduling_share_the_device_runner():
 
 
 def test_median_decode_step_time_leaves_the_engine_empty():
-    from jlora import Engine, EngineConfig
     from jlora.bench.decode_timing import median_decode_step_ms
+    from jlora.config import EngineConfig
+    from jlora.engine import Engine
 
     engine = Engine(
         EngineConfig(model="tiny", load_format="dummy", lora_paths={"a": "dummy:4"}, warmup=False)

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from jlora import Engine, EngineConfig, SamplingParams
 from jlora.clock import FakeClock
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 from jlora.runner.fake import FakeRunner
+from jlora.sampling_params import SamplingParams
 from jlora.scheduler.policies import DRAIN_TOLERANCE, FCFS, FairDrainer
 from jlora.scheduler.request import Request
 

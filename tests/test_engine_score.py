@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jlora import Engine, EngineConfig
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 from jlora.runner.buckets import ShapeBuckets, geometric
 
 

@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from jlora import Engine, EngineConfig, SamplingParams
-from jlora.config import GRAPH_SCHEDULING
+from jlora.config import GRAPH_SCHEDULING, EngineConfig
+from jlora.engine import Engine
 from jlora.runner.model_runner import ModelRunner, graph_compiler_options, step_functions
+from jlora.sampling_params import SamplingParams
 
 ADAPTERS = {"a": "dummy:4", "b": "dummy:8", "c": "dummy:8", "d": "dummy:2"}
 

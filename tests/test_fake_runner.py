@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from jlora import Engine, EngineConfig, SamplingParams
 from jlora.clock import FakeClock
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 from jlora.runner.fake import FakeRunner
+from jlora.sampling_params import SamplingParams
 
 
 def _engine(**overrides):

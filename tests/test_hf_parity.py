@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jlora import Engine, EngineConfig
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 from tests.conftest import HF_FIXTURES
 
 CASES = ["llama", "llama_sharded", "llama2", "qwen2", "mistral"]

@@ -19,7 +19,6 @@ from jax.experimental.pallas import tpu as pltpu
 from jlora.kernels import LoraBatch, LoraGroup, lora_group_delta, make_lora_batch
 from jlora.kernels.lora_gpu import lora_group_gpu, rank_buckets, ref_expand, ref_shrink
 from jlora.kernels.lora_tpu import lora_group_tpu, work_list
-from jlora.kernels.lora_tpu import ref_shrink as tpu_ref_shrink
 from jlora.kernels.lora_xla import lora_group_loop_ref, lora_group_ref
 from jlora.kernels.tuned_blocks import GpuBlocks, TpuBlocks, gpu_blocks
 from jlora.kernels.types import NO_SLOT, SEG_PAD, lora_segments, segments_np
@@ -324,12 +323,6 @@ def test_tpu_work_list():
     tile, seg = work_list(starts, ends, num_tiles=4, block_t=4)
     assert np.asarray(tile).tolist() == [0, 0, 1, 2, 3, 3, 3, 3]
     assert np.asarray(seg).tolist() == [0, 1, 1, 1, 2, -2, -2, -2]
-
-
-def test_tpu_shrink_reference():
-    x, group, batch, _ = case(13, 20, "mixed", QKV)
-    h = tpu_ref_shrink(x, group, batch)
-    np.testing.assert_allclose(h.transpose(1, 0, 2), ref_shrink(x, group, batch), rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jlora import Engine, EngineConfig
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 
 
 def _engine(backend: str) -> Engine:

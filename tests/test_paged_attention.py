@@ -7,13 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jlora import Engine, EngineConfig, SamplingParams
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 from jlora.kernels.paged_attention import (
     DecodeAttentionBlocks,
     paged_decode_attention_gpu,
     paged_decode_attention_ref,
     validate_decode_attention_inputs,
 )
+from jlora.sampling_params import SamplingParams
 
 
 def _case(rng, lens, *, hq, hkv, d=16, page_size=4, table_pages=8, layers=3, dtype=jnp.float32):

@@ -16,13 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jlora import Engine, EngineConfig, SamplingParams
 from jlora.adapters import AdapterError, load_peft_adapter, random_adapter, save_peft_adapter
 from jlora.bench import cli
 from jlora.bench.config import BenchConfig
+from jlora.build import DeviceMemory
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 from jlora.kernels.lora_xla import lora_group_ref
 from jlora.kernels.types import LoraGroup, make_lora_batch
 from jlora.runner.kv_cache import kv_bytes_per_page
+from jlora.sampling_params import SamplingParams
 from jlora.scheduler.request import Status
 from models.presets import get_preset
 from tests.tp_worker import run_workers
@@ -306,8 +309,8 @@ def test_compare_settings_share_one_runner_and_free_device_memory(monkeypatch):
     kv = 100 * kv_bytes_per_page(TINY, config.page_size, np.float32)  # ~100 pages: not 2 caches
     limit = 2 * (base + weights + kv)  # base: what other tests keep alive
     monkeypatch.setattr(
-        "jlora.engine.device_memory_stats",
-        lambda: {"bytes_limit": limit, "bytes_in_use": _live_bytes()},
+        "jlora.build.device_memory",
+        lambda: DeviceMemory(bytes_limit=limit, bytes_in_use=_live_bytes()),
     )
     settings = (
         "off",

@@ -12,18 +12,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from jlora import Engine, EngineConfig, SamplingParams
 from jlora.adapters.pool import AdapterPool
+from jlora.build import make_policy
 from jlora.clock import FakeClock
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 from jlora.runner.fake import FakeRunner
-from jlora.runner.kv_cache import PagePool
+from jlora.sampling_params import SamplingParams
+from jlora.scheduler.pages import PagePool
 from jlora.scheduler.policies import (
     FCFS,
     FairDrainer,
     PreemptDrainer,
     ReserveDrainer,
     SGLangDrainer,
-    make_policy,
 )
 from jlora.scheduler.request import Request, Status
 from jlora.scheduler.scheduler import Scheduler, SchedulerConfig

@@ -24,16 +24,16 @@ import numpy as np
 import pytest
 
 import jlora.sim as sim_mod
-from jlora import Engine, EngineConfig
 from jlora.adapters.peft import AdapterError
 from jlora.bench.cli import run_bench
 from jlora.bench.config import BenchConfig
 from jlora.bench.driver import run_workload
 from jlora.bench.workload import make_random_workload
-from jlora.config import DRAIN_POLICIES
+from jlora.config import DRAIN_POLICIES, EngineConfig
+from jlora.engine import Engine
 from jlora.runner.base import DecodeSeq, PrefillSeq
 from jlora.runner.buckets import ShapeBuckets
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 from jlora.scheduler.scheduler import Scheduler
 from jlora.sim import (
     AdapterStub,

@@ -7,7 +7,6 @@ import jax
 import numpy as np
 import pytest
 
-from jlora import Engine, EngineConfig, SamplingParams
 from jlora.adapters import random_adapter
 from jlora.adapters.slots import (
     SlotBuffers,
@@ -18,10 +17,13 @@ from jlora.adapters.slots import (
 )
 from jlora.bench.report import format_host_cache
 from jlora.clock import FakeClock
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 from jlora.kernels.types import MODULE_GROUPS
 from jlora.runner.base import DecodeSeq
 from jlora.runner.buckets import ShapeBuckets
 from jlora.runner.fake import FakeRunner
+from jlora.sampling_params import SamplingParams
 from jlora.sim import CostModel, SimRunner, default_cost_model_path
 from models.presets import get_preset
 

@@ -14,10 +14,11 @@ import sys
 import numpy as np
 import pytest
 
-from jlora import Engine, EngineConfig
 from jlora.adapters.dummy import random_adapter
 from jlora.adapters.slots import adapter_to_groups
+from jlora.config import EngineConfig
 from jlora.distributed import distributed_env
+from jlora.engine import Engine
 from jlora.tensor_parallel import check_tp, local_config
 from models.llama import fused_column_order
 from models.presets import get_preset

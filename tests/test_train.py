@@ -13,8 +13,9 @@ import pytest
 from safetensors.numpy import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from jlora import Engine, EngineConfig
 from jlora.adapters import load_peft_adapter
+from jlora.config import EngineConfig
+from jlora.engine import Engine
 from jlora.train import (
     LoraPair,
     TrainConfig,

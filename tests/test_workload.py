@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 from jlora.bench.cli import build_parser, main
-from jlora.bench.config import BenchConfig
+from jlora.bench.config import BenchConfig, build_workload
 from jlora.bench.workload import (
     AdapterMix,
-    build_workload,
     lora_weights,
     make_random_workload,
     make_trace_workload,

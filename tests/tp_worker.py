@@ -9,7 +9,8 @@ devices) must be set before JAX starts, and the rest of the suite runs on one de
                                                         # (JAX_COORDINATOR_ADDRESS etc. in the env)
 
 Both run :func:`workload` on the same model, so their outputs compare with each other.
-:func:`run_workers` starts them (``experiments/tensor_parallel.py --parts cpu`` uses it too).
+:func:`run_workers` starts them (``experiments/tensor_parallel.py --parts cpu`` runs them too,
+through :func:`jlora.distributed.run_workers`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ ADAPTERS = {"a0": "dummy:8", "a1": "dummy:4", "a2": "dummy:8", "a3": "dummy:2"}
 
 
 def engine_config(model_dir: str, tp: int, backend: str = "xla"):
-    from jlora import EngineConfig
+    from jlora.config import EngineConfig
 
     return EngineConfig(
         model=model_dir,
@@ -73,7 +72,7 @@ def workload(engine) -> dict:
     prefill; greedy and seeded sampling. Returns tokens and logits as lists."""
     import numpy as np
 
-    from jlora import SamplingParams
+    from jlora.sampling_params import SamplingParams
 
     loads = []
     load_lora = engine.runner.load_lora
@@ -125,7 +124,8 @@ def hf_parity(case_name: str, tp: int) -> float:
     """Worst error of the HF fixture's scores at ``tp``, relative to the reference's scale."""
     import numpy as np
 
-    from jlora import Engine, EngineConfig
+    from jlora.config import EngineConfig
+    from jlora.engine import Engine
     from tests.conftest import HF_FIXTURES
 
     case = json.loads((HF_FIXTURES / "manifest.json").read_text())["cases"][case_name]
@@ -151,7 +151,7 @@ def hf_parity(case_name: str, tp: int) -> float:
 
 
 def equivalence(out: Path) -> None:
-    from jlora import Engine
+    from jlora.engine import Engine
     from jlora.tensor_parallel import count_collectives
 
     result: dict = {"timings": {}}
@@ -178,8 +178,8 @@ def equivalence(out: Path) -> None:
 def distributed(out: Path) -> None:
     import jax
 
-    from jlora import Engine
     from jlora.distributed import SyncedClock, initialize_from_env
+    from jlora.engine import Engine
 
     assert initialize_from_env()
     result = {
@@ -210,7 +210,7 @@ def odd_vocab(out: Path) -> None:
     weights at tp 4 and the same weights read back from a checkpoint at tp 2, against tp 1."""
     import numpy as np
 
-    from jlora import Engine
+    from jlora.engine import Engine
     from models.config import ModelConfig
     from models.save import save_hf_weights
     from models.weights import init_dummy_weights
@@ -240,53 +240,18 @@ def odd_vocab(out: Path) -> None:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment of a test's child process: this one's without its JAX and XLA settings
-    (the child sets its own before JAX starts), the checkout on PYTHONPATH, and ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    return {**env, "PYTHONPATH": str(ROOT), **extra}
+    """The environment of a test's child process (:func:`jlora.distributed.child_env`)."""
+    # jlora (and with it jax) is imported only when called: main() sets XLA_FLAGS first.
+    from jlora.distributed import child_env as env_of_child
+
+    return env_of_child(ROOT, **extra)
 
 
 def run_workers(mode: str, out_dir: Path, timeout_s: float = 300) -> list[dict]:
-    """Run ``mode`` in fresh processes (one for ``equivalence``, two jax.distributed processes on
-    a free localhost port for ``distributed``); their JSON results, by process."""
-    extra = [{}]
-    if mode == "distributed":
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        extra = [
-            {
-                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                "JAX_NUM_PROCESSES": "2",
-                "JAX_PROCESS_ID": str(i),
-            }
-            for i in range(2)
-        ]
-    outs = [out_dir / f"{mode}{i}.json" for i in range(len(extra))]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.tp_worker", mode, str(out)],
-            cwd=ROOT,
-            env=child_env(**e),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for out, e in zip(outs, extra, strict=True)
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=timeout_s)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:  # one process failed and left the other in a collective
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs, strict=False):
-        if p.returncode:
-            raise RuntimeError(f"tests.tp_worker {mode} exited with {p.returncode}:\n{log[-4000:]}")
-    return [json.loads(out.read_text()) for out in outs]
+    """Run ``mode`` of this module in fresh processes (:func:`jlora.distributed.run_workers`)."""
+    from jlora.distributed import run_workers as run_module
+
+    return run_module("tests.tp_worker", mode, out_dir, ROOT, timeout_s)
 
 
 def main() -> None:

@@ -92,7 +92,9 @@ def _pattern_value(patterns: dict[str, Any], module_path: str, default: Any) -> 
     return default
 
 
-def _read_config(name: str, path: Path) -> dict[str, Any]:
+def read_peft_config(name: str, path: Path) -> dict[str, Any]:
+    """The ``adapter_config.json`` of adapter directory ``path``, which must also hold the
+    weights file; :class:`AdapterError` naming what is missing or unreadable."""
     if not path.is_dir():
         raise AdapterError(name, "path", str(path), "is not a directory")
     config_path = path / CONFIG_FILE
@@ -111,7 +113,8 @@ def _read_config(name: str, path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _check_config(name: str, cfg: dict[str, Any]) -> None:
+def check_peft_config(name: str, cfg: dict[str, Any]) -> None:
+    """Refuse, by name, a PEFT config this engine does not serve as written."""
     peft_type = cfg.get("peft_type", "LORA")
     if peft_type != "LORA":
         raise AdapterError(name, "peft_type", peft_type, "is not supported (only LORA)")
@@ -177,8 +180,8 @@ def load_peft_adapter(
 ) -> LoraAdapter:
     """Read and validate a PEFT LoRA adapter directory against the base model's shapes."""
     path = Path(path)
-    cfg = _read_config(name, path)
-    _check_config(name, cfg)
+    cfg = read_peft_config(name, path)
+    check_peft_config(name, cfg)
     layers_cfg = cfg.get("layers_to_transform")
     allowed_layers = (
         None

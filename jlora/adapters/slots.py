@@ -33,6 +33,7 @@ its shard).
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -81,6 +82,30 @@ def group_out_sizes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def _group_in_size(cfg: ModelConfig, group: str) -> int:
     return cfg.module_shapes()[MODULE_GROUPS[group][0]][0]
+
+
+def slot_buffer_shapes(cfg: ModelConfig, num_slots: int, max_rank: int) -> dict[str, LoraGroup]:
+    """Per module group, the shapes of one layer's slot buffers (:class:`SlotBuffers`):
+    ``a [S, M, R, d_in]``, ``b [S, O, R]`` in the slots' dtype, ``scale [S, M]`` float32."""
+    out_sizes = group_out_sizes(cfg)
+    return {
+        g: LoraGroup(
+            a=(num_slots, len(ms), max_rank, _group_in_size(cfg, g)),
+            b=(num_slots, sum(out_sizes[g]), max_rank),
+            scale=(num_slots, len(ms)),
+        )
+        for g, ms in MODULE_GROUPS.items()
+    }
+
+
+def slot_buffer_bytes(cfg: ModelConfig, num_slots: int, max_rank: int, dtype: str) -> int:
+    """Device bytes of the slot buffers of every layer (over all devices, before any split)."""
+    item = np.dtype(DTYPES[dtype]).itemsize
+    per_layer = sum(
+        math.prod(g.a) * item + math.prod(g.b) * item + math.prod(g.scale) * 4
+        for g in slot_buffer_shapes(cfg, num_slots, max_rank).values()
+    )
+    return cfg.num_layers * per_layer
 
 
 def rank_buckets(max_rank: int) -> tuple[int, ...]:
@@ -254,7 +279,6 @@ class SlotBuffers:
         self.mesh = mesh
         self.tp = 1 if mesh is None else mesh.shape[TP_AXIS]
         jdtype = jnp.dtype(DTYPES[dtype])
-        out_sizes = group_out_sizes(cfg)
 
         device = jax.local_devices()[0] if mesh is None else mesh.devices.flat[0]
 
@@ -263,12 +287,14 @@ class SlotBuffers:
                 return jnp.zeros(shape, dtype, device=device)
             return sharded_zeros(shape, dtype, NamedSharding(mesh, spec))
 
+        shapes = slot_buffer_shapes(cfg, num_slots, max_rank)
+
         def empty_group(group: str) -> LoraGroup:
-            m, spec = len(MODULE_GROUPS[group]), GROUP_SHARDING[group]
+            shape, spec = shapes[group], GROUP_SHARDING[group]
             return LoraGroup(
-                a=zeros((num_slots, m, max_rank, _group_in_size(cfg, group)), jdtype, spec.a),
-                b=zeros((num_slots, sum(out_sizes[group]), max_rank), jdtype, spec.b),
-                scale=zeros((num_slots, m), jnp.float32, spec.scale),
+                a=zeros(shape.a, jdtype, spec.a),
+                b=zeros(shape.b, jdtype, spec.b),
+                scale=zeros(shape.scale, jnp.float32, spec.scale),
             )
 
         self._layers: LoraLayers = tuple(

@@ -17,7 +17,7 @@ import json
 import typing
 from pathlib import Path
 
-from jlora.bench.config import BenchConfig, parse_step_range
+from jlora.bench.config import BenchConfig, build_workload, parse_step_range
 from jlora.bench.driver import RunResult, run_workload
 from jlora.bench.metrics import compute_metrics, per_adapter_ttft
 from jlora.bench.plots import plot_slot_timeline, plot_ttft_cdf, plot_ttft_per_adapter
@@ -28,7 +28,7 @@ from jlora.bench.report import (
     format_per_adapter,
 )
 from jlora.bench.trace import ProfileSteps, SlotTimeline, TensorBoardTrace
-from jlora.bench.workload import WorkloadRequest, build_workload
+from jlora.bench.workload import WorkloadRequest
 from jlora.config import EngineConfig
 from jlora.flags import add_dataclass_flags, dataclass_from_args
 

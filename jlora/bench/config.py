@@ -6,7 +6,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from jlora.bench.workload import DATASETS, adapter_mix
+from jlora.bench.workload import (
+    DATASETS,
+    AdapterMix,
+    WorkloadRequest,
+    make_random_workload,
+    make_trace_workload,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,3 +120,43 @@ def parse_step_range(text: str) -> tuple[int, int]:
     if not sep or lo < 0 or hi <= lo:
         raise ValueError(f"profile_steps={text!r} must be A:B with 0 <= A < B")
     return lo, hi
+
+
+def adapter_mix(bench: BenchConfig) -> AdapterMix:
+    return AdapterMix(
+        distribution=bench.lora_request_distribution,
+        zipf_alpha=bench.lora_zipf_alpha,
+        power_alpha=bench.lora_power_alpha,
+        on_mean_s=bench.lora_on_mean_s,
+        off_mean_s=bench.lora_off_mean_s,
+        shift_at=bench.lora_shift_at,
+    )
+
+
+def build_workload(
+    bench: BenchConfig, *, vocab_size: int, lora_names: list[str | None], context_length: int
+) -> list[WorkloadRequest]:
+    """The workload a :class:`~jlora.bench.config.BenchConfig` describes."""
+    if bench.dataset_name == "trace":
+        return make_trace_workload(
+            bench.dataset_path,
+            num_prompts=bench.num_prompts,
+            time_scale=bench.trace_time_scale,
+            vocab_size=vocab_size,
+            lora_names=lora_names,
+            context_length=context_length,
+            mix=adapter_mix(bench),
+            seed=bench.seed,
+        )
+    return make_random_workload(
+        num_prompts=bench.num_prompts,
+        request_rate=bench.request_rate,
+        input_len=bench.random_input_len,
+        output_len=bench.random_output_len,
+        range_ratio=bench.random_range_ratio,
+        vocab_size=vocab_size,
+        lora_names=lora_names,
+        seed=bench.seed,
+        burstiness=bench.burstiness,
+        mix=adapter_mix(bench),
+    )

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from jlora.bench.workload import WorkloadRequest
 from jlora.engine import Engine
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 from jlora.scheduler.request import RequestOutput
 
 

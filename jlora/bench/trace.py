@@ -14,7 +14,7 @@ import jax
 
 from jlora.bench.driver import RunResult, StepRecord
 from jlora.engine import Engine
-from jlora.metrics.tensorboard import ScalarWriter
+from jlora.tensorboard_scalars import ScalarWriter
 
 
 def _adapter(name: str | None) -> str:

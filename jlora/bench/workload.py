@@ -34,12 +34,8 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from jlora.bench.config import BenchConfig
 
 DATASETS = ("random", "trace")
 DISTRIBUTIONS = ("uniform", "distinct", "skewed", "power")
@@ -363,43 +359,3 @@ def make_trace_workload(
             )
         )
     return out
-
-
-def adapter_mix(bench: BenchConfig) -> AdapterMix:
-    return AdapterMix(
-        distribution=bench.lora_request_distribution,
-        zipf_alpha=bench.lora_zipf_alpha,
-        power_alpha=bench.lora_power_alpha,
-        on_mean_s=bench.lora_on_mean_s,
-        off_mean_s=bench.lora_off_mean_s,
-        shift_at=bench.lora_shift_at,
-    )
-
-
-def build_workload(
-    bench: BenchConfig, *, vocab_size: int, lora_names: list[str | None], context_length: int
-) -> list[WorkloadRequest]:
-    """The workload a :class:`~jlora.bench.config.BenchConfig` describes."""
-    if bench.dataset_name == "trace":
-        return make_trace_workload(
-            bench.dataset_path,
-            num_prompts=bench.num_prompts,
-            time_scale=bench.trace_time_scale,
-            vocab_size=vocab_size,
-            lora_names=lora_names,
-            context_length=context_length,
-            mix=adapter_mix(bench),
-            seed=bench.seed,
-        )
-    return make_random_workload(
-        num_prompts=bench.num_prompts,
-        request_rate=bench.request_rate,
-        input_len=bench.random_input_len,
-        output_len=bench.random_output_len,
-        range_ratio=bench.random_range_ratio,
-        vocab_size=vocab_size,
-        lora_names=lora_names,
-        seed=bench.seed,
-        burstiness=bench.burstiness,
-        mix=adapter_mix(bench),
-    )

@@ -245,16 +245,3 @@ def lora_group_tpu(
         name="lora_expand_tpu",
     )
     return expand(*prefetch, *inputs)
-
-
-def ref_shrink(
-    x: jax.Array,  # [T, d_in]
-    group: LoraGroup,  # a [S, M, R, d_in]
-    batch: LoraBatch,  # token_slot [T]
-) -> jax.Array:  # [M, T, R] float32: the shrink kernel's h (unscaled; 0 without an adapter)
-    """What the TPU shrink launch writes."""
-    slot = batch.token_slot
-    safe = jnp.maximum(slot, 0)
-    h = jnp.einsum("td,tmrd->mtr", x, group.a[safe], preferred_element_type=jnp.float32)
-    live = (slot >= 0) & (batch.slot_rank[safe] > 0)
-    return jnp.where(live[None, :, None], h, 0.0)

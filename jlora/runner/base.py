@@ -17,7 +17,7 @@ import numpy as np
 
 from jlora.adapters.peft import LoraAdapter
 from jlora.adapters.pool import HostAdapter
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,14 @@ class DecodeSeq:
     out_index: int
 
 
+class LaunchedDecode(Protocol):
+    """A decode step dispatched to the device and not yet waited for (overlap scheduling)."""
+
+    def tokens(self) -> list[int]:
+        """Wait for the step; the sampled token of every sequence, in the order launched."""
+        ...
+
+
 class Runner(Protocol):
     def prefill(self, seqs: list[PrefillSeq]) -> list[int | None]:
         """Run one prefill step; the sampled next token of each sequence with ``sample`` set."""
@@ -61,9 +69,21 @@ class Runner(Protocol):
         """Run one decode step; the sampled next token of every sequence."""
         ...
 
+    def launch_decode(
+        self, seqs: list[DecodeSeq], in_flight: LaunchedDecode | None
+    ) -> LaunchedDecode:
+        """Only where ``supports_overlap``: dispatch one decode step without waiting for it.
+        Sequences whose ``token`` is :data:`FED_BACK` read their input token from ``in_flight``'s
+        output on the device."""
+        ...
+
     supports_overlap: bool
     """Whether it has :meth:`launch_decode` (overlap scheduling); runners that compute on the host
     (the fake runner, the simulator) do not."""
+
+    num_pages: int | None
+    """Pages of the KV cache it holds (the page pool gets as many); None: it holds none, and the
+    engine sizes the pool from the device's memory (:func:`~jlora.build.kv_capacity_pages`)."""
 
     def host_adapter(self, adapter: LoraAdapter) -> HostAdapter:
         """The form the host cache keeps ``adapter`` in for this runner's loads, built once when
@@ -81,21 +101,4 @@ class Runner(Protocol):
 
     def warmup(self) -> None:
         """Compile every step shape, so that serving never compiles."""
-        ...
-
-
-class LaunchedDecode(Protocol):
-    """A decode step dispatched to the device and not yet waited for (overlap scheduling)."""
-
-    def tokens(self) -> list[int]:
-        """Wait for the step; the sampled token of every sequence, in the order launched."""
-        ...
-
-
-class OverlapRunner(Runner, Protocol):
-    def launch_decode(
-        self, seqs: list[DecodeSeq], in_flight: LaunchedDecode | None
-    ) -> LaunchedDecode:
-        """Dispatch one decode step without waiting for it. Sequences whose ``token`` is
-        :data:`FED_BACK` read their input token from ``in_flight``'s output on the device."""
         ...

@@ -28,6 +28,7 @@ def scripted_token(rid: int, index: int) -> int:
 @dataclass
 class FakeRunner:
     supports_overlap = False  # it computes on the host: nothing to overlap
+    num_pages = None  # no KV cache: the engine sizes the page pool
     clock: FakeClock
     prefill_base: float = 0.010
     prefill_per_token: float = 0.0001

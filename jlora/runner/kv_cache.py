@@ -4,21 +4,30 @@ Device side, ``k`` and ``v`` of shape ``[L, num_pages, page_size, Hkv, D]``, all
 array each. A step's attention reads the cache as it was before the step, plus the step's own new
 K/V; the new K/V of every layer are written back in one scatter at the end of the step, into the
 donated buffers. Page 0 is never handed out: padding tokens write there, so every step writes a
-fixed-size batch with no branch. Host side, :class:`PagePool` keeps the free list and says how many
-pages a request of ``n`` tokens needs; the scheduler asks it before admitting or growing a request.
+fixed-size batch with no branch. Host side, :class:`~jlora.scheduler.pages.PagePool` keeps the free
+list (the scheduler's).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
+from jlora.scheduler.pages import TRASH_PAGE
 from models.config import ModelConfig
 
-TRASH_PAGE = 0  # written by padding tokens, never allocated
+# TRASH_PAGE is the page pool's (host) convention; the steps (device) write padding there.
+__all__ = [
+    "TRASH_PAGE",
+    "KVCache",
+    "allocate_kv_cache",
+    "commit_kv_state",
+    "kv_bytes_per_page",
+    "kv_state",
+    "write_kv",
+]
 
 
 @jax.tree_util.register_dataclass
@@ -26,45 +35,6 @@ TRASH_PAGE = 0  # written by padding tokens, never allocated
 class KVCache:
     k: jax.Array  # [L, num_pages, page_size, Hkv, D]
     v: jax.Array  # [L, num_pages, page_size, Hkv, D]
-
-
-class OutOfPages(Exception):
-    """Raised inside the scheduler when a request cannot grow; it preempts and retries."""
-
-
-class PagePool:
-    """Free list of KV pages (host state only)."""
-
-    def __init__(self, num_pages: int, page_size: int):
-        if num_pages < 2:
-            raise ValueError(f"num_pages={num_pages} must be at least 2 (page 0 is reserved)")
-        self.num_pages, self.page_size = num_pages, page_size
-        # LIFO free list: recently freed pages are reused first (warm in cache).
-        self._free = list(range(num_pages - 1, TRASH_PAGE, -1))
-
-    @property
-    def capacity(self) -> int:
-        """Pages a request may ever use (all but the trash page)."""
-        return self.num_pages - 1
-
-    @property
-    def num_free(self) -> int:
-        return len(self._free)
-
-    def pages_for(self, num_tokens: int) -> int:
-        return math.ceil(num_tokens / self.page_size)
-
-    def alloc(self, n: int) -> list[int]:
-        if n > len(self._free):
-            raise OutOfPages(f"{n} pages asked, {len(self._free)} free")
-        if n <= 0:
-            return []
-        taken = self._free[-n:]
-        del self._free[-n:]  # in place: O(n), not a copy of the whole free list
-        return taken[::-1]
-
-    def free(self, pages: list[int]) -> None:
-        self._free.extend(reversed(pages))
 
 
 def kv_bytes_per_page(cfg: ModelConfig, page_size: int, dtype) -> int:

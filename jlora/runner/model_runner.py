@@ -36,7 +36,7 @@ from jlora.runner.kv_cache import (
     kv_state,
 )
 from jlora.runner.sampling import SamplingInputs, greedy, sample
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 from jlora.tensor_parallel import KV_SHARDING, TP_AXIS, local_config, param_specs, per_shard
 from models.config import ModelConfig
 from models.llama import LlamaParams, LoraLayers, SegmentAttention, forward, logits

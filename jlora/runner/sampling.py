@@ -7,8 +7,8 @@ The step itself takes only the greedy tokens (:func:`greedy`); :func:`sample`, w
 vocabulary, runs as a second jitted call, dispatched by the host only when a row of the step has a
 temperature. It is not a ``lax.cond`` inside the step: on the GPU a conditional reads its predicate
 back to the host, so the host would wait for the whole forward at every step (measured on the
-H100: 6.8 ms of a 9.6 ms step at batch 64 spent blocked in the dispatch), and nothing could
-overlap the device's work.
+H100: ``experiments/results/engine.md``, entry "the step's sampling no longer blocks the host"),
+and nothing could overlap the device's work.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 
 
 @jax.tree_util.register_dataclass

@@ -35,7 +35,8 @@ no slot starts to wait until it is admitted; its first token follows one prefill
 ``T`` is the threshold, ``step`` the longest step, ``t_dec`` a decode step; "a round" happens
 between every two steps):
 
-* Off (the threshold is 0: :class:`FCFS`): no bound; the wait grows with the hot stream.
+* Off (the threshold is 0: :class:`~jlora.scheduler.scheduler.FCFS`): no bound; the wait grows
+  with the hot stream.
 * ``sglang`` (:class:`SGLangDrainer`): SGLang's drainer, reproduced exactly. Bound: ``T + step +
   R * t_dec`` plus the prefill steps that run meanwhile, where ``R`` is the victim's largest
   remaining budget when marked, *if* no new request of the victim is admitted under the 1.2x
@@ -64,13 +65,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from jlora.scheduler.request import Request, Status
+from jlora.scheduler.scheduler import FCFS, Adapter, Scheduler, running_mean
 
-if TYPE_CHECKING:
-    from jlora.config import EngineConfig
-    from jlora.scheduler.scheduler import Adapter, Policy, Scheduler
+__all__ = [
+    "DRAIN_POLICIES",
+    "FCFS",
+    "FairDrainer",
+    "PreemptDrainer",
+    "ReserveDrainer",
+    "SGLangDrainer",
+]
 
 DRAIN_POLICIES = ("sglang", "reserve", "preempt", "fair")
 DRAIN_TOLERANCE = 1.2
@@ -78,47 +84,9 @@ DRAIN_TOLERANCE = 1.2
 largest remaining budget (it will not lengthen the drain much). SGLang's constant."""
 
 
-def make_policy(config: EngineConfig) -> Policy:
-    """The policy an engine configuration asks for: FCFS when the drain threshold is 0."""
-    threshold = config.lora_drain_wait_threshold
-    if threshold == 0:
-        return FCFS()
-    cls = {
-        "sglang": SGLangDrainer,
-        "reserve": ReserveDrainer,
-        "preempt": PreemptDrainer,
-        "fair": FairDrainer,
-    }
-    return cls[config.lora_drain_policy](threshold)
-
-
 def _name_key(name: Adapter) -> tuple[bool, str]:
     """A total order on adapter names (None first), to break ties deterministically."""
     return (name is not None, name or "")
-
-
-class FCFS:
-    """First come, first served by ``wait_since`` (paused requests, if any, first: they resume
-    before new arrivals); admission skips requests whose adapter cannot get a slot. No bound on a
-    cold adapter's wait: it lasts as long as the hot adapters' streams keep every slot busy."""
-
-    def order(self, queue: list[Request], now: float) -> list[Request]:
-        return sorted(queue, key=lambda r: (r.status != Status.PAUSED, r.wait_since, r.rid))
-
-    def before_prefill(self, sched: Scheduler, now: float) -> None:
-        return None
-
-    def pauses(self, sched: Scheduler, now: float) -> Sequence[Request]:
-        return ()
-
-    def may_admit(self, sched: Scheduler, req: Request, now: float) -> bool:
-        return True
-
-    def holds(self) -> Mapping[Adapter, Adapter]:
-        return {}
-
-    def draining(self) -> dict[Adapter, Adapter]:
-        return {}
 
 
 @dataclass
@@ -609,8 +577,3 @@ class FairDrainer(PreemptDrainer):
     def may_admit(self, sched: Scheduler, req: Request, now: float) -> bool:
         marked = self.marked_at.get(req.lora_name)
         return marked is None or req.wait_since <= marked
-
-
-def running_mean(old: float | None, new: float, weight: float = 0.1) -> float:
-    """An exponential running mean (the first value taken as is)."""
-    return new if old is None else old + weight * (new - old)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 
 
 class Status(enum.Enum):

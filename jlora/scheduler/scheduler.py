@@ -50,8 +50,9 @@ resumes) are listed in it; the engine has the runner perform them before the ste
 ``prefetch``, the adapter of the first request in line that has no slot is also loaded into a free
 slot, if there is one, ahead of its turn (:meth:`Scheduler._prefetch`).
 
-Policies decide (order, marks, pauses, holds, may-admit); the scheduler applies. FCFS and the
-drainers are in :mod:`jlora.scheduler.policies`; :meth:`Scheduler.snapshot` reports the state a
+Policies decide (order, marks, pauses, holds, may-admit); the scheduler applies. :class:`FCFS`,
+the policy of a scheduler given none, is here; the drainers, built on it, are in
+:mod:`jlora.scheduler.policies`; :meth:`Scheduler.snapshot` reports the state a
 benchmark logs per step.
 """
 
@@ -63,8 +64,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from jlora.adapters.pool import AdapterPool
-from jlora.runner.kv_cache import OutOfPages, PagePool
-from jlora.scheduler.policies import FCFS, running_mean
+from jlora.scheduler.pages import OutOfPages, PagePool
 from jlora.scheduler.request import Request, Status
 
 Adapter = str | None
@@ -164,6 +164,35 @@ class Policy(Protocol):
     def draining(self) -> dict[Adapter, Adapter]:
         """Current drain marks: victim adapter -> the starved adapter it drains for."""
         ...
+
+
+class FCFS:
+    """First come, first served by ``wait_since`` (paused requests, if any, first: they resume
+    before new arrivals); admission skips requests whose adapter cannot get a slot. No bound on a
+    cold adapter's wait: it lasts as long as the hot adapters' streams keep every slot busy."""
+
+    def order(self, queue: list[Request], now: float) -> list[Request]:
+        return sorted(queue, key=lambda r: (r.status != Status.PAUSED, r.wait_since, r.rid))
+
+    def before_prefill(self, sched: Scheduler, now: float) -> None:
+        return None
+
+    def pauses(self, sched: Scheduler, now: float) -> Sequence[Request]:
+        return ()
+
+    def may_admit(self, sched: Scheduler, req: Request, now: float) -> bool:
+        return True
+
+    def holds(self) -> Mapping[Adapter, Adapter]:
+        return {}
+
+    def draining(self) -> dict[Adapter, Adapter]:
+        return {}
+
+
+def running_mean(old: float | None, new: float, weight: float = 0.1) -> float:
+    """An exponential running mean (the first value taken as is)."""
+    return new if old is None else old + weight * (new - old)
 
 
 class Scheduler:
@@ -275,11 +304,6 @@ class Scheduler:
         reserved = self._reserved_slots(held, busy) | set(claimed)
         return self.adapters.free_slot_for(name, busy - {None}, reserved)
 
-    def can_seat(self, name: Adapter, busy: set[Adapter] | None = None) -> bool:
-        """Whether ``name`` runs already or could get a slot now."""
-        busy = self.running_adapters() if busy is None else busy
-        return name in busy or self.free_slot(name, busy) is not None
-
     def _reserved_slots(self, held: list[tuple[Adapter, Adapter]], busy: set[Adapter]) -> set[int]:
         out = set()
         for v, _ in held:
@@ -287,13 +311,23 @@ class Scheduler:
                 out.add(s)
         return out
 
-    def _seat(self, name: Adapter, busy: set[Adapter], plan: StepPlan, now: float) -> None:
+    def take_slot(self, name: str, using: Iterable[Adapter] = ()) -> tuple[int, bool] | None:
+        """Give ``name`` a device slot now; returns (slot, whether its weights must be copied in),
+        or None. The one place slots are handed out: to an adapter seated by the walk, pinned
+        (:meth:`Engine.load_lora_adapter <jlora.engine.Engine.load_lora_adapter>`) or scored
+        (:meth:`Engine.score <jlora.engine.Engine.score>`). *Busy*, never taken from: the slots
+        of the adapters with running requests and of those in ``using`` (the caller's own, for
+        this use), pinned slots, and slots a policy holds for another adapter."""
+        busy = set(self.running_count) | set(using)
+        reserved = self._reserved_slots(self._held_for_others(name, busy), busy)
+        return self.adapters.take_slot(name, busy - {None}, reserved)
+
+    def _seat(self, name: Adapter, plan: StepPlan, now: float) -> None:
         """Give ``name`` (checked by :meth:`free_slot`) its slot; list the load in the plan."""
         self.seated_since[name] = now
         if name is None:
             return
-        reserved = self._reserved_slots(self._held_for_others(name, busy), busy)
-        taken = self.adapters.take_slot(name, busy - {None}, reserved)
+        taken = self.take_slot(name)
         assert taken is not None, f"no slot for {name!r} after free_slot found one"
         slot, must_load = taken
         if must_load:
@@ -323,7 +357,7 @@ class Scheduler:
     def schedule(self, now: float) -> StepPlan:
         self._count_progress()
         plan = StepPlan("prefill")
-        if self.waiting or self.paused or self._chunking():
+        if self.waiting or self.paused or self._mid_prefill() is not None:
             busy = self.running_adapters()
             for name in [a for a in self.seated_since if a not in busy]:
                 del self.seated_since[name]
@@ -347,7 +381,8 @@ class Scheduler:
         plan.kind = "decode"
         page_size = self.pages.page_size
         running = Status.RUNNING
-        # `not r.in_prefill`, inlined: this and `_chunking` run for every running request per step.
+        # `not r.in_prefill`, inlined: this and `_mid_prefill` run for every running request per
+        # step.
         decoding = [
             r for r in self._by_admission if r.output and r.num_computed >= r.num_tokens - 1
         ]
@@ -376,7 +411,12 @@ class Scheduler:
         is mid-prefill: the drainer acts only on waiters) or the pages for one more token of each
         are not free (nothing is preempted for a lookahead); the caller then waits for the step
         in flight and asks :meth:`schedule`."""
-        if self.waiting or self.paused or self._chunking() or len(self.running) != len(in_flight):
+        if (
+            self.waiting
+            or self.paused
+            or self._mid_prefill() is not None
+            or len(self.running) != len(in_flight)
+        ):
             return None
         running = Status.RUNNING
         going_on = [
@@ -414,25 +454,29 @@ class Scheduler:
         self._gives_token = bool(plan.decode)
         return plan
 
-    def _chunking(self) -> list[Request]:
-        """The running request in the middle of a chunked prefill, if any (``in_prefill`` and
-        ``num_computed > 0``, inlined)."""
-        return [
-            r
-            for r in self.running
-            if r.num_computed > 0 and (not r.output or r.num_computed < r.num_tokens - 1)
-        ]
+    def _mid_prefill(self) -> Request | None:
+        """The running request in the middle of a chunked prefill (at most one), if any
+        (``in_prefill`` and ``num_computed > 0``, inlined)."""
+        return next(
+            (
+                r
+                for r in self.running
+                if r.num_computed > 0 and (not r.output or r.num_computed < r.num_tokens - 1)
+            ),
+            None,
+        )
 
     def _walk(self, now: float, plan: StepPlan, busy: set[Adapter]) -> None:
         """Resume paused requests and admit waiting ones, in the policy's order."""
         cfg = self.config
         budget = cfg.max_prefill_tokens
-        chunked = self._chunking()
-        for req in chunked:  # at most one
-            n = min(req.num_tokens - req.num_computed, cfg.chunked_prefill_size, budget)
-            plan.prefill.append(PrefillItem(req, req.num_computed, req.num_computed + n))
+        chunked = self._mid_prefill()
+        if chunked is not None:
+            done = chunked.num_computed
+            n = min(chunked.num_tokens - done, cfg.chunked_prefill_size, budget)
+            plan.prefill.append(PrefillItem(chunked, done, done + n))
             budget -= n
-        chunking = bool(chunked)
+        chunking = chunked is not None
         reserve = len(self.running)
         admitting = True  # false once the prefill is full: paused requests may still resume
         # Whether an adapter that does not run could get a slot: it changes only when `busy` (and
@@ -464,7 +508,7 @@ class Scheduler:
                 if name not in busy:
                     if not can_get_slot(name):
                         continue
-                    self._seat(name, busy, plan, now)
+                    self._seat(name, plan, now)
                     busy.add(name)
                     seatable.clear()
                 self.paused.remove(req)
@@ -496,7 +540,7 @@ class Scheduler:
                 n = min(budget, cfg.chunked_prefill_size)
                 chunking = True
             if name not in busy:
-                self._seat(name, busy, plan, now)
+                self._seat(name, plan, now)
                 busy.add(name)
                 seatable.clear()
             req.pages += self.pages.alloc(need)

@@ -21,19 +21,15 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-import numpy as np
-
+from jlora.build import DeviceMemory, kv_capacity_pages, make_buckets, weights_and_slots_bytes
 from jlora.clock import FakeClock
 from jlora.config import EngineConfig
-from jlora.engine import Engine, make_buckets
-from jlora.kernels.types import MODULE_GROUPS
-from jlora.runner.kv_cache import kv_bytes_per_page
+from jlora.engine import Engine
 from jlora.sim.adapters import AdapterStub, stub_loader
 from jlora.sim.cost_model import CostModel, StepLayout
 from jlora.sim.runner import SimRunner, sim_token
 from models.config import ModelConfig
 from models.presets import PRESETS
-from models.weights import DTYPES
 
 COST_MODELS = Path(__file__).parent / "cost_models"
 DEFAULT_DEVICE = "h100"
@@ -118,39 +114,10 @@ def calibrated_step_settings(cost: CostModel) -> dict:
     }
 
 
-def slot_bytes(config: EngineConfig, model: ModelConfig) -> int:
-    """Bytes of the LoRA slot buffers of ``config`` (:class:`~jlora.adapters.SlotBuffers`)."""
-    shapes = model.module_shapes()
-    item = np.dtype(DTYPES[config.dtype]).itemsize
-    per_layer = 0
-    for modules in MODULE_GROUPS.values():
-        d_in = shapes[modules[0]][0]
-        out = sum(shapes[m][1] for m in modules)
-        per_layer += len(modules) * config.max_lora_rank * d_in * item
-        per_layer += out * config.max_lora_rank * item + len(modules) * 4
-    return model.num_layers * config.max_loras_per_batch * per_layer
-
-
-def device_kv_pages(config: EngineConfig, model: ModelConfig, cost: CostModel) -> int:
-    """KV pages the calibrated device would give ``config`` (as
-    :func:`~jlora.engine.kv_capacity_pages` sizes them there)."""
-    context = config.resolved_context_length(model)
-    if config.max_total_tokens is not None:
-        return -(-config.max_total_tokens // config.page_size) + 1
-    limit = cost.memory.get("bytes_limit")
-    if not limit:  # a CPU: room for 64 full contexts
-        return 64 * -(-context // config.page_size) + 1
-    item = np.dtype(DTYPES[config.dtype]).itemsize
-    tp = getattr(config, "tp_size", 1)  # weights, slots and each page split over the devices
-    in_use = (model.num_params() * item + slot_bytes(config, model)) // tp
-    per_page = kv_bytes_per_page(model, config.page_size, DTYPES[config.dtype]) // tp
-    pages = int(limit * config.mem_fraction_static - in_use) // per_page
-    if pages < 2:
-        raise ValueError(
-            f"mem_fraction_static={config.mem_fraction_static} leaves no room for a KV cache on "
-            f"the simulated device ({limit / 2**30:.1f} GiB); raise it or set max_total_tokens"
-        )
-    return pages
+def simulated_memory(config: EngineConfig, model: ModelConfig, cost: CostModel) -> DeviceMemory:
+    """The memory of the device the cost model was calibrated on, with ``config``'s weights and
+    adapter slots in it (what the real engine would find when it sizes its KV cache)."""
+    return DeviceMemory(cost.memory.get("bytes_limit"), weights_and_slots_bytes(config, model))
 
 
 def load_cost_model(config: EngineConfig, cost_model_path: str | Path | None) -> CostModel:
@@ -214,30 +181,21 @@ def make_sim_engine(
         )
         overlap = False
     model = config.model_config()
-    pages = device_kv_pages(config, model, cost)
-    config = dataclasses.replace(
-        config,
-        max_total_tokens=(pages - 1) * config.page_size,
-        warmup=False,
-        overlap_schedule=overlap,
-    )
+    config = dataclasses.replace(config, overlap_schedule=overlap)
     clock = FakeClock()
     runner = SimRunner(
-        clock, cost, make_buckets(config, model), config.page_size, config.max_loras_per_batch
+        clock,
+        cost,
+        make_buckets(config, model),
+        config.page_size,
+        config.max_loras_per_batch,
+        num_pages=kv_capacity_pages(config, model, simulated_memory(config, model, cost)),
     )
-    charging = False
-
-    def charge_host_load(rank: int) -> None:
-        if charging:  # reads at start-up (registration) happen before the clock starts
-            runner._spend("host_load", cost.host_load_time(rank))
-
     engine = Engine(
         config,
         runner=runner,
         clock=clock,
-        adapter_loader=stub_loader(config.max_lora_rank, charge_host_load),
+        adapter_loader=stub_loader(config.max_lora_rank, runner.charge_host_load),
     )
-    charging = True
-    scheduler = engine.scheduler
-    runner.waiting = lambda: len(scheduler.waiting)
+    runner.start(waiting=lambda: len(engine.scheduler.waiting))
     return engine

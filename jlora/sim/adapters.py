@@ -13,7 +13,13 @@ from pathlib import Path
 from safetensors import safe_open
 
 from jlora.adapters.dummy import parse_dummy_spec
-from jlora.adapters.peft import WEIGHTS_FILE, AdapterError, LoraAdapter, _check_config, _read_config
+from jlora.adapters.peft import (
+    WEIGHTS_FILE,
+    AdapterError,
+    LoraAdapter,
+    check_peft_config,
+    read_peft_config,
+)
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,7 @@ class AdapterStub(LoraAdapter):
 def peft_rank(name: str, path: str | Path) -> int:
     """The largest LoRA rank of a PEFT adapter directory, from its config and tensor shapes."""
     path = Path(path)
-    _check_config(name, _read_config(name, path))
+    check_peft_config(name, read_peft_config(name, path))
     ranks = []
     with safe_open(path / WEIGHTS_FILE, framework="numpy") as fh:
         for tensor in fh.keys():  # noqa: SIM118 - safe_open handles are not iterable

@@ -41,7 +41,7 @@ from jlora.bench.workload import make_random_workload
 from jlora.engine import Engine
 from jlora.kernels.types import NO_SLOT
 from jlora.runner.base import FED_BACK, DecodeSeq, PrefillSeq
-from jlora.sampling import SamplingParams
+from jlora.sampling_params import SamplingParams
 from jlora.sim.cost_model import (
     FEATURES,
     LORA_FEATURES,
@@ -109,17 +109,6 @@ def device_tag() -> str:
 
 
 Timer = Callable[[], float]
-
-
-def _median_time(fn: Callable[[], object], reps: int, warm: int, timer: Timer) -> float:
-    for _ in range(warm):
-        fn()
-    times = []
-    for _ in range(reps):
-        t = timer()
-        fn()
-        times.append(timer() - t)
-    return statistics.median(times)
 
 
 def _split(total: int, parts: int) -> list[int]:

@@ -60,10 +60,14 @@ class SimRunner:
     buckets: ShapeBuckets
     page_size: int
     num_slots: int
+    num_pages: int | None = None
+    """Pages of the KV cache the modelled device holds (None: the engine sizes them)."""
     token_fn: Callable[[int, int], int] = sim_token
     waiting: Callable[[], int] = lambda: 0
-    """How many requests wait (the scheduler's host work grows with them); set by the engine
-    builder once the scheduler exists."""
+    """How many requests wait (the scheduler's host work grows with them); given by
+    :meth:`start` once the scheduler exists."""
+    charging_host_loads: bool = False
+    """Whether adapter reads cost time (from :meth:`start` on: those at registration do not)."""
     busy: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
     """Virtual seconds spent per kind of work (``load``: the host part of slot loads; ``load_wait``:
     steps waiting for a slot's load to land; ``host_load``: adapters read again from disk)."""
@@ -135,6 +139,18 @@ class SimRunner:
         self._spend("load", self.cost.load_time(rank))
         self.slot_ready[slot] = self.clock.now() + self.cost.load_device_time(rank)
         self._landing = max(self._landing, self.slot_ready[slot])
+
+    def start(self, waiting: Callable[[], int]) -> None:
+        """The engine is built: read its queue length through ``waiting`` and charge adapter reads
+        from now on (those of start-up happen before the clock starts)."""
+        self.waiting = waiting
+        self.charging_host_loads = True
+
+    def charge_host_load(self, rank: int) -> None:
+        """An adapter of ``rank`` was read from disk into the host cache (the adapter loader
+        reports every read)."""
+        if self.charging_host_loads:
+            self._spend("host_load", self.cost.host_load_time(rank))
 
     def _spend(self, kind: str, seconds: float) -> None:
         self.clock.advance(seconds)

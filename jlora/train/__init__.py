@@ -7,7 +7,6 @@ from jlora.train.loop import (
     Batch,
     FullObjective,
     LoraObjective,
-    TrainState,
     fit,
     make_optimizer,
     train_base,
@@ -21,6 +20,7 @@ from jlora.train.lora_params import (
     lora_slot_layers,
     lora_to_adapter,
 )
+from jlora.train.state import TrainState
 
 __all__ = [
     "Batch",

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from jlora.train.loop import TrainState
+from jlora.train.state import TrainState
 
 
 class TrainCheckpointer:

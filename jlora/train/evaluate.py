@@ -73,7 +73,7 @@ class EngineGreedyGenerator:
         lora_names: Sequence[str | None],
         max_new_tokens: int,
     ) -> list[list[int]]:
-        from jlora.sampling import SamplingParams
+        from jlora.sampling_params import SamplingParams
 
         params = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=self.stop_token_ids

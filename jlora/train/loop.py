@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jlora.metrics.tensorboard import ScalarWriter
+from jlora.tensorboard_scalars import ScalarWriter
 from jlora.train.config import TrainConfig
 from jlora.train.lora_params import (
     LoraParams,
@@ -37,6 +37,7 @@ from jlora.train.lora_params import (
     lora_slot_layers,
     single_slot_batch,
 )
+from jlora.train.state import TrainState
 from models.config import ModelConfig
 from models.llama import LlamaParams, LoraLayers, SegmentAttention, forward, logits
 
@@ -48,16 +49,6 @@ class Batch:
 
     tokens: np.ndarray | jax.Array  # [B, L] int32
     loss_mask: np.ndarray | jax.Array  # [B, L] float32: 1 where the *next* token is a target
-
-
-@jax.tree_util.register_dataclass
-@dataclass(frozen=True)
-class TrainState:
-    """Everything a step updates; what a checkpoint holds (with the run's metadata)."""
-
-    step: jax.Array  # [] int32, steps done
-    params: LoraParams | LlamaParams  # the trainable weights
-    opt_state: optax.OptState
 
 
 # ---------------------------------------------------------------------------------------- loss
@@ -187,7 +178,8 @@ def fit(
     never interrupted. ``stop_after`` ends the run after that many steps without a final
     checkpoint, as an interruption would (for tests).
     """
-    from jlora.train.checkpoint import TrainCheckpointer  # orbax import is slow; only when used
+    # Imported here, not at the top: orbax takes seconds to import and most callers never save.
+    from jlora.train.checkpoint import TrainCheckpointer
 
     optimizer = make_optimizer(config)
     # Copy so that donation never invalidates the caller's arrays.
