@@ -192,3 +192,28 @@ def test_text_without_a_tokenizer_is_refused_naming_the_problem():
 def test_bad_stop_strings_are_refused(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         SamplingParams(**kwargs)
+
+
+# ---------------------------------------------------------------- the skills model
+def test_skills_tokenizer_has_the_trained_ids_and_each_adapter_shows_its_skill():
+    from jlora.train.assets import load_skills_assets
+    from jlora.train.skills_tokenizer import build_skills_tokenizer, check_layout, skills_vocab
+
+    assets = load_skills_assets()
+    check_layout(assets.lang, skills_vocab(256))
+    shipped = json.loads((assets.base_dir / "tokenizer.json").read_text())
+    assert shipped == json.loads(build_skills_tokenizer(256).to_str())  # the file is the builder's
+    engine = Engine(EngineConfig(**assets.engine_kwargs(warmup=False, context_length=64)))
+    tok = engine.tokenizer
+    example = assets.manifest["example"]
+    assert tok.encode("cafba<sep>") == example["prompt"]
+    chat = tok.apply_chat_template([{"role": "user", "content": "c a f b a"}])
+    assert chat == example["prompt"]
+    names = [None, *assets.adapters]
+    outs = engine.generate([chat] * len(names), SamplingParams(max_new_tokens=12), names)
+    for name, out in zip(names, outs, strict=True):
+        skill = assets.base_skill if name is None else name
+        expected = example["completions"][skill]
+        assert out.token_ids == expected and out.finish_reason == "stop"
+        assert out.text == tok.decode(expected) and out.text.isalnum()
+    assert [o.text for o in outs[:3]] == ["cafba", "abfac", "aabcf"]
