@@ -618,6 +618,26 @@ class Engine:
             self.scheduler.finish(req)
         return RequestOutput.of(req)
 
+    def watch(self, rid: int) -> None:
+        """Keep the :class:`StreamEvent` of each token of request ``rid`` (as :meth:`stream` does)
+        until :meth:`pop_events` takes them: for a caller that runs :meth:`step` itself and
+        streams many requests at once (the HTTP server)."""
+        if rid not in self.requests:
+            raise ValueError(f"unknown request id {rid!r}")
+        self._events.setdefault(rid, [])
+
+    def pop_events(self, rid: int) -> list[StreamEvent]:
+        """The events of a watched request since the last call; once it has finished (its last
+        event has ``finished`` set, unless it was aborted) it is no longer watched."""
+        events = self._events.get(rid)
+        if events is None:
+            return []
+        if self.requests[rid].status is Status.FINISHED:
+            del self._events[rid]
+        elif events:
+            self._events[rid] = []
+        return events
+
     def release(self, rid: int) -> None:
         """Forget a finished request whose output the caller has: a server that runs for good
         calls it so that the engine's memory stays flat (``requests`` otherwise keeps every
