@@ -50,15 +50,17 @@ _API_NAMES = {
 
 
 def param_of(message: str) -> str | None:
-    """The request field an engine refusal names (``temperature=-1 must be ...``)."""
-    match = re.match(r"(\w+)[=\s]", message)
-    if match is None:
-        return None
-    name = match.group(1)
-    return _API_NAMES.get(name, name if name in _SAMPLING_FIELDS else None)
+    """The request field an engine refusal names: the first ``field=value`` of a sampling field
+    in it (``prompt of 9 tokens plus max_new_tokens=300 ...`` is fixed by lowering max_tokens),
+    else ``prompt`` when it is about the prompt."""
+    for match in re.finditer(r"\b(\w+)=", message):
+        name = _API_NAMES.get(match.group(1), match.group(1))
+        if name in _SAMPLING_FIELDS:
+            return name
+    return "prompt" if message.startswith("prompt") else None
 
 
-_SAMPLING_FIELDS = {"temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids"}
+_SAMPLING_FIELDS = {"temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "max_tokens"}
 NO_LOGPROBS = "logprobs: the engine does not return log-probabilities"
 
 
