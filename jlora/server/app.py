@@ -162,20 +162,21 @@ class Server:
 
 
 async def _events(server: Server, stream: RequestStream) -> AsyncIterator[tuple[str, object]]:
-    """``("text", piece)`` per streamed piece, then ``("end", RequestOutput)``. When the consumer
-    stops early (its client went away) the request is aborted."""
+    """``("delta", text)`` for each step's tokens (the text may be empty: a partial character, a
+    special token; one chunk per token lets a client time every token), then ``("end",
+    RequestOutput)``. When the consumer stops early (its client went away) the request is
+    aborted."""
     try:
         while True:
             item = await stream.queue.get()
             if isinstance(item, RequestOutput):
                 yield "end", item
                 return
-            for event in item:
-                if event.text:
-                    yield "text", event.text
-                if event.finished is not None:
-                    yield "end", event.finished
-                    return
+            if any(event.token_id is not None for event in item):
+                yield "delta", "".join(event.text for event in item)
+            if item[-1].finished is not None:
+                yield "end", item[-1].finished
+                return
     finally:
         if stream.output is None:
             server.loop.abort(stream)
@@ -305,7 +306,7 @@ def build_app(server: Server) -> FastAPI:
         if not body.stream:
             pieces, out = [], None
             async for kind, value in _events(server, stream):
-                if kind == "text":
+                if kind == "delta":
                     pieces.append(value)
                 else:
                     out = value
@@ -320,7 +321,7 @@ def build_app(server: Server) -> FastAPI:
 
         async def sse() -> AsyncIterator[str]:
             async for kind, value in _events(server, stream):
-                if kind == "text":
+                if kind == "delta":
                     yield _sse({**head, "choices": [choice(value, None)]})
                     continue
                 yield _sse({**head, "choices": [choice("", _sse_finish(value))]})
@@ -341,7 +342,7 @@ def build_app(server: Server) -> FastAPI:
         if not body.stream:
             pieces, out = [], None
             async for kind, value in _events(server, stream):
-                if kind == "text":
+                if kind == "delta":
                     pieces.append(value)
                 else:
                     out = value
@@ -376,7 +377,7 @@ def build_app(server: Server) -> FastAPI:
         async def sse() -> AsyncIterator[str]:
             yield chunk({"role": "assistant", "content": ""}, None)
             async for kind, value in _events(server, stream):
-                if kind == "text":
+                if kind == "delta":
                     yield chunk({"content": value}, None)
                     continue
                 yield chunk({}, _sse_finish(value))

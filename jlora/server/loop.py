@@ -58,7 +58,7 @@ class EngineLoop:
         make_engine: Callable[[], Engine],
         *,
         on_finish: Callable[[RequestOutput], None] | None = None,
-        on_step: Callable[[Engine], None] | None = None,
+        on_step: Callable[[Engine, float | None], None] | None = None,
         max_gaps: int = 1_000_000,
     ):
         self._make_engine = make_engine
@@ -138,8 +138,9 @@ class EngineLoop:
                 last_end = None
                 continue
             start = time.perf_counter()
-            if last_end is not None:
-                self.step_gaps.append(start - last_end)
+            gap = None if last_end is None else start - last_end
+            if gap is not None:
+                self.step_gaps.append(gap)
             engine.step()  # failures inside a step end their requests with an error, not here
             last_end = time.perf_counter()
             self.num_steps += 1
@@ -147,7 +148,7 @@ class EngineLoop:
             self._collect(deliveries)
             self._flush(deliveries)
             if self._on_step is not None:
-                self._on_step(engine)
+                self._on_step(engine, gap)
             if plan.kind == "idle":
                 last_end = None
                 self._take_commands(deliveries, block=True, timeout=IDLE_POLL_S)

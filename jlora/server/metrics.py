@@ -18,6 +18,9 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+GAP_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
+
+
 def _adapter(name: str | None) -> str:
     return "" if name is None else name  # the base model: an empty label
 
@@ -76,6 +79,13 @@ class ServerMetrics:
             registry=r,
         )
         self.steps = Counter("jlora_engine_steps", "Engine steps run", ["kind"], registry=r)
+        self.step_gap = Histogram(
+            "jlora_engine_step_gap_seconds",
+            "Time between one step's end and the next one's start while there was work (the "
+            "engine thread's time not stepping: commands, events, waiting for the GIL)",
+            buckets=GAP_BUCKETS,
+            registry=r,
+        )
         self._waiting_labels: set[str] = set()
 
     def on_finish(self, out: RequestOutput) -> None:
@@ -89,8 +99,10 @@ class ServerMetrics:
         if out.e2e is not None:
             self.e2e.labels(name).observe(out.e2e)
 
-    def on_step(self, engine: Engine) -> None:
-        """After each step (engine thread): the step and its slot loads."""
+    def on_step(self, engine: Engine, gap_s: float | None) -> None:
+        """After each step (engine thread): the step, its slot loads, the gap before it."""
+        if gap_s is not None:
+            self.step_gap.observe(gap_s)
         plan = engine.last_plan
         self.steps.labels(plan.kind).inc()
         for _, name in plan.loads + plan.prefetch:
