@@ -130,12 +130,14 @@ class EngineLoop:
         deliveries: list[tuple[RequestStream, object]] = []
         last_end: float | None = None
         while not self._stopping:
-            self._take_commands(deliveries, block=not engine.has_unfinished())
+            idle = not engine.has_unfinished()
+            if idle:
+                last_end = None  # the time it waits for work is no gap between steps
+            self._take_commands(deliveries, block=idle)
             if self._stopping:
                 break
             if not engine.has_unfinished():
                 self._flush(deliveries)
-                last_end = None
                 continue
             start = time.perf_counter()
             gap = None if last_end is None else start - last_end
