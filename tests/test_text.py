@@ -148,18 +148,11 @@ def test_engine_stop_string_ends_the_request_where_the_text_has_it(engine):
     at = next(i for i in range(len(text) // 3, len(text) - 1) if text[i : i + 2].strip())
     stop = text[at : at + 2]
     first = text.find(stop)
-    stopped = engine.generate(
-        ["The quick brown fox"], SamplingParams(max_new_tokens=24, ignore_eos=True, stop=[stop])
-    )[0]
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True, stop=[stop])
+    [stopped] = engine.generate(["The quick brown fox"], params)
     assert stopped.finish_reason == "stop" and stopped.text == text[:first]
     assert stopped.token_ids == full.token_ids[: len(stopped.token_ids)]
-    events = list(
-        engine.stream(
-            ["The quick brown fox"][0],
-            stopped_params := SamplingParams(max_new_tokens=24, ignore_eos=True, stop=[stop]),
-        )
-    )
-    assert stopped_params.stop == (stop,)
+    events = list(engine.stream("The quick brown fox", params))
     assert "".join(e.text for e in events) == stopped.text
     assert all(stop not in e.text for e in events)
 
