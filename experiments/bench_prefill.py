@@ -102,7 +102,8 @@ def attention_part(args, cfg) -> dict:
 
 
 def _engine(args, attention: str, lora: str | None):
-    from jlora import Engine, EngineConfig
+    from jlora.config import EngineConfig
+    from jlora.engine import Engine
 
     return Engine(
         EngineConfig(
@@ -131,7 +132,7 @@ def _prefill_tok_s(engine, per_step: int, adapters: bool, reps: int) -> list[flo
     step, which loads the adapters), each through ``Engine.step`` and waited for."""
     import numpy as np
 
-    from jlora import SamplingParams
+    from jlora.sampling_params import SamplingParams
 
     rng = np.random.default_rng(per_step)
     params = SamplingParams(max_new_tokens=1, ignore_eos=True)
@@ -174,7 +175,8 @@ def engine_part(args) -> dict:
 
 def startup_part(args) -> dict:
     """Start-up of the engine with every default (buckets, backends) and three adapters."""
-    from jlora import Engine, EngineConfig
+    from jlora.config import EngineConfig
+    from jlora.engine import Engine
 
     t0 = time.perf_counter()
     engine = Engine(

@@ -29,6 +29,7 @@ from jlora.engine import Engine
 from jlora.train import TrainConfig, export_base_model, export_peft_adapter, train_base, train_lora
 from jlora.train.assets import SKILLS_DIR, load_skills_assets, write_manifest
 from jlora.train.evaluate import EngineGreedyGenerator, ScoreGreedyGenerator, evaluate_skills
+from jlora.train.skills_tokenizer import write_skills_tokenizer
 from jlora.train.tasks import SkillLanguage
 from models.presets import get_preset
 from models.weights import init_dummy_weights
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         init, cfg, lambda i: lang.pretrain_batch(args.batch_size, args.seed, i), base_config
     )
     export_base_model(base, cfg, out / "base")
+    write_skills_tokenizer(out / "base")  # text in, text out: the language's own ids
     t_base = time.perf_counter() - t0
 
     lora_config = TrainConfig(

@@ -33,6 +33,10 @@ class EngineConfig:
     ``dummy``: random weights of the right shapes and scales, no files read."""
     dtype: str = "bfloat16"
     """Weights and activations: ``bfloat16`` or ``float32``."""
+    tokenizer_path: str | None = None
+    """Directory of the tokenizer (``tokenizer.json``, with ``tokenizer_config.json`` and
+    ``generation_config.json`` if there): default the model directory. With one, prompts may be
+    text and outputs carry text (:mod:`jlora.text`); without, the engine takes token ids only."""
     lora_paths: dict[str, str] = field(default_factory=dict)
     """Adapters by name: a PEFT directory, or ``dummy:RANK`` for a random adapter of that rank on
     all seven target modules."""
@@ -148,6 +152,8 @@ class EngineConfig:
             raise ValueError(
                 f"model={self.model!r} is neither a directory nor a preset ({', '.join(PRESETS)})"
             )
+        if self.tokenizer_path is not None and not Path(self.tokenizer_path).is_dir():
+            raise ValueError(f"tokenizer_path={self.tokenizer_path!r} is not a directory")
         _choice("load_format", self.load_format, LOAD_FORMATS)
         _choice("dtype", self.dtype, DTYPES)
         _choice("lora_backend", self.lora_backend, LORA_BACKENDS)
@@ -240,6 +246,13 @@ class EngineConfig:
                 "is GPU only); use 'xla' or 'auto'"
             )
         return self.attention_backend
+
+    @property
+    def resolved_tokenizer_path(self) -> str | None:
+        """Where the tokenizer is looked for: ``tokenizer_path``, else the model directory."""
+        if self.tokenizer_path is not None:
+            return self.tokenizer_path
+        return self.model if Path(self.model).is_dir() else None
 
     @property
     def uses_files(self) -> bool:

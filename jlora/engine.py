@@ -62,6 +62,7 @@ from jlora.scheduler.scheduler import (
     StepPlan,
 )
 from jlora.tensor_parallel import check_tp
+from jlora.text import IncrementalDetokenizer, Tokenizer, load_tokenizer
 from models.config import ModelConfig
 
 
@@ -80,6 +81,13 @@ class Engine:
         self.config = config
         self.model_config: ModelConfig = config.model_config()
         self.context_length = config.resolved_context_length(self.model_config)
+        self.tokenizer: Tokenizer | None = self._load_tokenizer()
+        """The model's tokenizer (None: token ids only); :mod:`jlora.text`."""
+        self.eos_token_ids = frozenset(self.model_config.eos_token_ids) | frozenset(
+            self.tokenizer.eos_token_ids if self.tokenizer else ()
+        )
+        """Ids that end a request (unless ``ignore_eos``): config.json's and, with a tokenizer,
+        generation_config.json's and the tokenizer's EOS."""
         self.clock: Clock = engine_clock(clock)  # synced across processes when there are several
         self.buckets = make_buckets(config, self.model_config)
         check_tp(self.model_config, config.tp_size)
@@ -134,6 +142,33 @@ class Engine:
         if self._state is None:  # counted on first read: most runs read none of them
             self._state = self._take_state()
         return self._state
+
+    def _load_tokenizer(self) -> Tokenizer | None:
+        """The tokenizer of ``tokenizer_path`` or the model directory; one whose ids the model
+        cannot read is refused."""
+        where = self.config.resolved_tokenizer_path
+        tokenizer = None if where is None else load_tokenizer(where)
+        if tokenizer is None and self.config.tokenizer_path is not None:
+            raise ValueError(f"tokenizer_path={where!r} holds no tokenizer.json")
+        vocab = self.model_config.vocab_size
+        if tokenizer is not None and tokenizer.max_token_id >= vocab:
+            raise ValueError(
+                f"the tokenizer at {where!r} has token id {tokenizer.max_token_id}, outside the "
+                f"model's vocabulary of {vocab}"
+            )
+        return tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of a text prompt (the tokenizer's special tokens, e.g. BOS, added);
+        a model without a tokenizer refuses it
+        (:class:`~jlora.sampling_params.ArgumentTypeError`)."""
+        if self.tokenizer is None:
+            raise ArgumentTypeError(
+                f"prompt must be a list of token ids, not text (got {_short(text)}): the model "
+                f"{self.config.model!r} has no tokenizer (no tokenizer.json in its directory; "
+                "set tokenizer_path)"
+            )
+        return self.tokenizer.encode(text)
 
     def _load_adapter(self, name: str, path: str) -> HostAdapter:
         """Read an adapter (PEFT directory or ``dummy:RANK``) into the form the host cache keeps
@@ -197,14 +232,15 @@ class Engine:
     # ------------------------------------------------------------------ requests
     def add_request(
         self,
-        prompt_ids: Sequence[int],
+        prompt_ids: Sequence[int] | str,
         params: SamplingParams | None = None,
         lora_name: str | None = None,
         arrival_time: float | None = None,
     ) -> int:
         """Queue a request; returns its id. Bad input raises ``ValueError`` (a wrong type
         :class:`~jlora.sampling_params.ArgumentTypeError`, a ``TypeError`` and ``ValueError``)
-        naming the field and the value, and changes nothing."""
+        naming the field and the value, and changes nothing. A text prompt is tokenized when the
+        model has a tokenizer."""
         return self._register(self._new_request(prompt_ids, params, lora_name, arrival_time))
 
     def _new_request(self, prompt_ids, params, lora_name, arrival_time) -> Request:
@@ -214,8 +250,15 @@ class Engine:
             raise ArgumentTypeError(
                 f"params={_short(params)} must be SamplingParams, not {type(params).__name__}"
             )
+        if isinstance(prompt_ids, str):
+            prompt_ids = self.encode(prompt_ids)
         prompt = self._check_prompt(prompt_ids, "prompt")
         self._check_lora_name(lora_name)
+        if params.stop and self.tokenizer is None:
+            raise ValueError(
+                f"stop={params.stop!r}: stop strings need a tokenizer, and the model "
+                f"{self.config.model!r} has none (use stop_token_ids)"
+            )
         if arrival_time is not None:
             if isinstance(arrival_time, bool) or not isinstance(arrival_time, numbers.Real):
                 raise ArgumentTypeError(
@@ -237,7 +280,10 @@ class Engine:
                 f"cache holds {self.pages.capacity}; raise max_total_tokens"
             )
         now = self.clock.now() if arrival_time is None else arrival_time
-        return Request(rid=-1, prompt=prompt, params=params, lora_name=lora_name, arrival=now)
+        req = Request(rid=-1, prompt=prompt, params=params, lora_name=lora_name, arrival=now)
+        if self.tokenizer is not None and params.detokenize:
+            req.detokenizer = IncrementalDetokenizer(self.tokenizer, prompt, params.stop)
+        return req
 
     def _register(self, req: Request) -> int:
         """Give a checked request its id and queue it (nothing here can fail)."""
@@ -374,8 +420,9 @@ class Engine:
             output = RequestOutput.of(req)
             out.append(output)
             if req.rid in self._events:
+                piece = "" if req.detokenizer is None else req.detokenizer.take_piece(True)
                 self._events[req.rid].append(
-                    StreamEvent(req.rid, None, len(req.output), now, finished=output)
+                    StreamEvent(req.rid, None, len(req.output), now, finished=output, text=piece)
                 )
         return out
 
@@ -452,15 +499,18 @@ class Engine:
         before is in the cache now); returns the outputs of those that finished. One loop for the
         whole step: it runs for every generated token."""
         finished: list[RequestOutput] = []
-        eos, context, events = self.model_config.eos_token_ids, self.context_length, self._events
+        eos, context, events = self.eos_token_ids, self.context_length, self._events
         for req, token in sampled:
             token = int(token)
             req.num_computed = req.num_tokens
             req.append_token(token, now)
             p = req.params
             reason = None
+            detokenizer = req.detokenizer
             if not p.ignore_eos and (token in eos or token in p.stop_token_ids):
-                reason = "stop"
+                reason = "stop"  # a stop token's text is not part of the output's (as in vLLM)
+            elif detokenizer is not None and detokenizer.add(token) is not None:
+                reason = "stop"  # a stop string
             elif len(req.output) >= p.max_new_tokens or req.num_tokens >= context:
                 reason = "length"
             out = None
@@ -470,8 +520,9 @@ class Engine:
                 out = RequestOutput.of(req)
                 finished.append(out)
             if events and req.rid in events:
+                piece = "" if detokenizer is None else detokenizer.take_piece(out is not None)
                 events[req.rid].append(
-                    StreamEvent(req.rid, token, len(req.output) - 1, now, finished=out)
+                    StreamEvent(req.rid, token, len(req.output) - 1, now, finished=out, text=piece)
                 )
         return finished
 
@@ -488,6 +539,26 @@ class Engine:
             req.finish_reason, req.finish_time = "abort", self.clock.now()
             self.scheduler.finish(req)
         return RequestOutput.of(req)
+
+    def watch(self, rid: int) -> None:
+        """Keep the :class:`StreamEvent` of each token of request ``rid`` (as :meth:`stream` does)
+        until :meth:`pop_events` takes them: for a caller that runs :meth:`step` itself and
+        streams many requests at once (the HTTP server)."""
+        if rid not in self.requests:
+            raise ValueError(f"unknown request id {rid!r}")
+        self._events.setdefault(rid, [])
+
+    def pop_events(self, rid: int) -> list[StreamEvent]:
+        """The events of a watched request since the last call; once it has finished (its last
+        event has ``finished`` set, unless it was aborted) it is no longer watched."""
+        events = self._events.get(rid)
+        if events is None:
+            return []
+        if self.requests[rid].status is Status.FINISHED:
+            del self._events[rid]
+        elif events:
+            self._events[rid] = []
+        return events
 
     def release(self, rid: int) -> None:
         """Forget a finished request whose output the caller has: a server that runs for good
@@ -506,13 +577,16 @@ class Engine:
     # ------------------------------------------------------------------ conveniences
     def generate(
         self,
-        prompts: Sequence[Sequence[int]],
+        prompts: Sequence[Sequence[int] | str] | str,
         params: SamplingParams | Sequence[SamplingParams] | None = None,
         lora_name: str | None | Sequence[str | None] = None,
     ) -> list[RequestOutput]:
         """Run prompts to completion; outputs in input order. Every prompt is checked before any is
         queued. Requests of other callers that finish meanwhile are returned by the next
-        :meth:`step`."""
+        :meth:`step`. With a tokenizer a prompt may be text, and ``prompts`` one text (as in
+        vLLM: one output)."""
+        if isinstance(prompts, str) and self.tokenizer is not None:
+            prompts = [prompts]
         if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
             raise ArgumentTypeError(f"prompts={_short(prompts)} must be a list of token-id lists")
         names = self._per_prompt(lora_name, len(prompts), "lora_name")
@@ -529,13 +603,14 @@ class Engine:
 
     def stream(
         self,
-        prompt_ids: Sequence[int],
+        prompt_ids: Sequence[int] | str,
         params: SamplingParams | None = None,
         lora_name: str | None = None,
     ) -> Iterator[StreamEvent]:
         """Yield the request's tokens as they come (other queued requests run alongside, and those
         that finish meanwhile are returned by the next :meth:`step`). A request that fails ends
-        with an event whose ``token_id`` is None and whose ``finished`` carries the error."""
+        with an event whose ``token_id`` is None and whose ``finished`` carries the error. With a
+        tokenizer each event carries the ``text`` its token adds."""
         rid = self.add_request(prompt_ids, params, lora_name)
         self._events[rid] = []
         try:
@@ -631,7 +706,10 @@ class Engine:
             raise ValueError(
                 f"prompts={_short(prompts)} must be a non-empty list of token-id lists"
             )
-        ids = [self._check_prompt(p, f"prompt {i}") for i, p in enumerate(prompts)]
+        ids = [
+            self._check_prompt(self.encode(p) if isinstance(p, str) else p, f"prompt {i}")
+            for i, p in enumerate(prompts)
+        ]
         names = self._per_prompt(lora_name, len(ids), "lora_name")
         for name in names:
             self._check_lora_name(name)

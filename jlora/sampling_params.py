@@ -33,6 +33,13 @@ class SamplingParams:
     """Token ids that end generation, in addition to the model's EOS."""
     ignore_eos: bool = False
     """Generate exactly max_new_tokens, whatever the tokens (benchmarks)."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: generation ends where the output's text first contains one, and the text is
+    cut before it (the token ids keep the token that completed it). Needs a model with a
+    tokenizer."""
+    detokenize: bool = True
+    """With a tokenizer, give the output's text (``RequestOutput.text``, streamed pieces) as it is
+    generated; False: token ids only, no per-token decoding (stop strings then cannot be used)."""
 
     def __post_init__(self) -> None:
         # Numpy integers and floats are taken (prompts may be numpy arrays); bools, strings and
@@ -61,6 +68,25 @@ class SamplingParams:
         if not isinstance(self.ignore_eos, bool | np.bool_):
             raise ArgumentTypeError(f"ignore_eos={self.ignore_eos!r} must be True or False")
         set_(self, "ignore_eos", bool(self.ignore_eos))
+        stop = self.stop
+        if isinstance(stop, str):
+            raise ArgumentTypeError(f"stop={stop!r} must be a list of strings (stop=[{stop!r}])")
+        if not isinstance(stop, Iterable):
+            raise ArgumentTypeError(f"stop={stop!r} must be a list of strings")
+        stop = tuple(stop)
+        for s in stop:
+            if not isinstance(s, str):
+                raise ArgumentTypeError(
+                    f"stop={stop!r} must hold strings, not {type(s).__name__} ({s!r})"
+                )
+            if not s:
+                raise ValueError(f"stop={stop!r} holds an empty string")
+        set_(self, "stop", stop)
+        if not isinstance(self.detokenize, bool | np.bool_):
+            raise ArgumentTypeError(f"detokenize={self.detokenize!r} must be True or False")
+        set_(self, "detokenize", bool(self.detokenize))
+        if self.stop and not self.detokenize:
+            raise ValueError(f"stop={self.stop!r} needs detokenize=True (stop strings are text)")
 
 
 def _int(field: str, value, whole=None) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from jlora.bench.config import BenchConfig, build_workload, parse_step_range
 from jlora.bench.driver import RunResult, run_workload
+from jlora.bench.http_driver import run_http_workload
 from jlora.bench.metrics import compute_metrics, per_adapter_ttft
 from jlora.bench.plots import plot_slot_timeline, plot_ttft_cdf, plot_ttft_per_adapter
 from jlora.bench.report import (
@@ -31,6 +32,7 @@ from jlora.bench.trace import ProfileSteps, SlotTimeline, TensorBoardTrace
 from jlora.bench.workload import WorkloadRequest
 from jlora.config import EngineConfig
 from jlora.flags import add_dataclass_flags, dataclass_from_args
+from jlora.text import load_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,7 +151,7 @@ def run_bench(
     model = config.model_config()
     names = list(bench.lora_name) or list(config.lora_paths) or [None]
     for n in names:
-        if n is not None and n not in config.lora_paths:
+        if n is not None and n not in config.lora_paths and bench.backend != "http":
             raise ValueError(
                 f"--lora-name {n!r} is not among --lora-paths ({', '.join(config.lora_paths)})"
             )
@@ -158,12 +160,24 @@ def run_bench(
         vocab_size=model.vocab_size,
         lora_names=names,
         context_length=config.resolved_context_length(model),
+        tokenizer=_tokenizer(config) if bench.dataset_name == "sharegpt" else None,
     )
     results: dict[str, RunResult] = {}
     metrics: dict[str, dict] = {}
     timelines: dict[str, SlotTimeline] = {}
     for name, overrides in settings:
         cfg = dataclasses.replace(config, **overrides)
+        if bench.backend == "http":
+            results[name] = result = run_http_workload(
+                bench.base_url, workload, progress=not bench.disable_tqdm, desc=name
+            )
+            metrics[name] = compute_metrics(result.outputs, result.duration)
+            adapters = per_adapter_ttft(result.outputs)
+            if not quiet:
+                print(format_block(name, metrics[name], bench.request_rate))
+                print(format_per_adapter(adapters))
+            _write_outputs(bench, name, cfg, metrics[name], adapters, result)
+            continue
         engine = make_engine(cfg, bench, runners)
         observers: list = [timelines.setdefault(name, SlotTimeline())]
         if bench.tensorboard_dir:
@@ -201,6 +215,18 @@ def run_bench(
     if own_runners:
         runners.clear()  # the device memory of the last setting is the caller's again
     return {"metrics": metrics, "results": results}
+
+
+def _tokenizer(config: EngineConfig):
+    """The model's tokenizer, for datasets of text (``sharegpt``)."""
+    where = config.resolved_tokenizer_path
+    tokenizer = None if where is None else load_tokenizer(where)
+    if tokenizer is None:
+        raise ValueError(
+            f"dataset_name='sharegpt' needs the model's tokenizer: {config.model!r} has no "
+            "tokenizer.json (pass a model directory with one, or --tokenizer-path)"
+        )
+    return tokenizer
 
 
 def _write_outputs(bench, name, cfg, metrics, adapters, result) -> None:

@@ -11,6 +11,7 @@ from jlora.bench.workload import (
     AdapterMix,
     WorkloadRequest,
     make_random_workload,
+    make_sharegpt_workload,
     make_trace_workload,
 )
 
@@ -21,18 +22,27 @@ class BenchConfig:
 
     backend: str = "engine"
     """``engine``: the real model in-process; ``sim``: the same engine and scheduler with the
-    runner replaced by a cost model and a virtual clock."""
+    runner replaced by a cost model and a virtual clock; ``http``: any OpenAI-compatible server at
+    ``--base-url`` (``jlora serve``, SGLang, vLLM), driven over HTTP with the same workload (the
+    engine flags then only describe the model: its vocabulary, context and tokenizer)."""
+    base_url: str | None = None
+    """The server of ``--backend http``, e.g. ``http://127.0.0.1:30000``."""
     sim_cost_model: str | None = None
     """Cost-model JSON for ``--backend sim`` (default: the shipped one of the model preset)."""
     dataset_name: str = "random"
     """``random``: token ids uniform over the vocabulary, lengths and arrivals drawn; ``trace``:
-    arrivals and lengths replayed from the CSV at ``--dataset-path``, token ids drawn."""
+    arrivals and lengths replayed from the CSV at ``--dataset-path``, token ids drawn;
+    ``sharegpt``: prompts and completion lengths from the ShareGPT JSON at ``--dataset-path``,
+    tokenized with the model's tokenizer (as SGLang's bench_serving; e.g. the shipped
+    ``jlora/bench/data/sharegpt_synthetic.json``)."""
     dataset_path: str | None = None
     """The trace CSV of ``--dataset-name trace``, with a header: ``TIMESTAMP`` (ISO date-time or
     seconds), ``ContextTokens``, ``GeneratedTokens`` (the Azure LLM inference trace's columns; or
     ``arrival_s``, ``input_len``, ``output_len``) and optionally ``adapter`` (when absent or empty,
     drawn by ``--lora-request-distribution``). Arrivals count from the first row's; lengths are
     clipped to the context. E.g. the shipped ``jlora/bench/data/azure_synthetic_trace.csv``."""
+    sharegpt_output_len: int | None = None
+    """``sharegpt``: every output this many tokens (default: each completion's own length)."""
     trace_time_scale: float = 1.0
     """The trace's arrival times are multiplied by this: 0.5 replays it at twice its rate."""
     num_prompts: int = 1000
@@ -87,16 +97,26 @@ class BenchConfig:
     """No progress bar."""
 
     def __post_init__(self) -> None:
-        if self.backend not in ("engine", "sim"):
-            raise ValueError(f"backend={self.backend!r} is not one of engine, sim")
+        if self.backend not in ("engine", "sim", "http"):
+            raise ValueError(f"backend={self.backend!r} is not one of engine, sim, http")
+        if (self.backend == "http") != (self.base_url is not None):
+            raise ValueError(
+                f"base_url={self.base_url!r} goes with backend='http' (and only with it; "
+                f"backend={self.backend!r})"
+            )
+        if self.backend == "http" and self.compare:
+            raise ValueError(
+                f"compare={self.compare!r} cannot be run by backend='http': the server's "
+                "settings are its own (start one server per setting)"
+            )
         if self.dataset_name not in DATASETS:
             raise ValueError(
                 f"dataset_name={self.dataset_name!r} is not one of {', '.join(DATASETS)}"
             )
-        if (self.dataset_name == "trace") != (self.dataset_path is not None):
+        if (self.dataset_name in ("trace", "sharegpt")) != (self.dataset_path is not None):
             raise ValueError(
-                f"dataset_path={self.dataset_path!r} goes with dataset_name='trace' (and only "
-                f"with it; dataset_name={self.dataset_name!r})"
+                f"dataset_path={self.dataset_path!r} goes with dataset_name='trace' or 'sharegpt' "
+                f"(and only with them; dataset_name={self.dataset_name!r})"
             )
         if self.num_prompts < 1:
             raise ValueError(f"num_prompts={self.num_prompts} must be at least 1")
@@ -134,9 +154,33 @@ def adapter_mix(bench: BenchConfig) -> AdapterMix:
 
 
 def build_workload(
-    bench: BenchConfig, *, vocab_size: int, lora_names: list[str | None], context_length: int
+    bench: BenchConfig,
+    *,
+    vocab_size: int,
+    lora_names: list[str | None],
+    context_length: int,
+    tokenizer=None,
 ) -> list[WorkloadRequest]:
-    """The workload a :class:`~jlora.bench.config.BenchConfig` describes."""
+    """The workload a :class:`~jlora.bench.config.BenchConfig` describes (``sharegpt`` needs the
+    model's ``tokenizer``, a :class:`~jlora.text.Tokenizer`)."""
+    if bench.dataset_name == "sharegpt":
+        if tokenizer is None:
+            raise ValueError(
+                "dataset_name='sharegpt' needs the model's tokenizer (tokenizer.json in the "
+                "model directory, or --tokenizer-path)"
+            )
+        return make_sharegpt_workload(
+            bench.dataset_path,
+            tokenizer=tokenizer,
+            num_prompts=bench.num_prompts,
+            request_rate=bench.request_rate,
+            burstiness=bench.burstiness,
+            context_length=context_length,
+            lora_names=lora_names,
+            mix=adapter_mix(bench),
+            output_len=bench.sharegpt_output_len,
+            seed=bench.seed,
+        )
     if bench.dataset_name == "trace":
         return make_trace_workload(
             bench.dataset_path,

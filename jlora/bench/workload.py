@@ -7,6 +7,9 @@ traffic of real users on top.
 ``trace`` dataset: a CSV replayed row by row (:func:`read_trace`): arrival time, input and output
 length, optionally the adapter; prompt token ids drawn at random.
 
+``sharegpt`` dataset: real prompts and completion lengths from a ShareGPT JSON file, tokenized with
+the model's tokenizer, as SGLang reads them (:mod:`jlora.bench.sharegpt`).
+
 Arrivals (``random``): gaps drawn from a gamma law of shape ``burstiness`` and mean ``1 /
 request_rate`` (SGLang's ``--burstiness``: 1.0 is a Poisson process, below 1 burstier, the gaps'
 coefficient of variation being ``1 / sqrt(burstiness)``); ``inf``: all at time 0.
@@ -32,12 +35,19 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-DATASETS = ("random", "trace")
+from jlora.bench.sharegpt import read_sharegpt
+
+if TYPE_CHECKING:
+    from jlora.text import Tokenizer
+
+DATASETS = ("random", "trace", "sharegpt")
 DISTRIBUTIONS = ("uniform", "distinct", "skewed", "power")
 
 # Trace columns: the accepted header names of each (the Azure LLM inference trace's first).
@@ -359,3 +369,55 @@ def make_trace_workload(
             )
         )
     return out
+
+
+def make_sharegpt_workload(
+    path: str | Path,
+    *,
+    tokenizer: Tokenizer,
+    num_prompts: int,
+    request_rate: float,
+    burstiness: float,
+    context_length: int,
+    lora_names: list[str | None],
+    mix: AdapterMix | None = None,
+    output_len: int | None = None,
+    seed: int = 1,
+) -> list[WorkloadRequest]:
+    """ShareGPT conversations as SGLang reads them (:mod:`jlora.bench.sharegpt`); fewer usable
+    conversations than ``num_prompts`` raises ``ValueError`` saying how many there are."""
+    if num_prompts < 1:
+        raise ValueError(f"num_prompts={num_prompts} must be at least 1")
+    if output_len is not None and output_len < 4:
+        raise ValueError(f"sharegpt_output_len={output_len} is too small (SGLang's floor is 4)")
+    pairs = read_sharegpt(path)
+    random.Random(seed).shuffle(pairs)
+    rows: list[tuple[list[int], int]] = []
+    for prompt, completion in pairs:
+        if len(rows) == num_prompts:
+            break
+        ids = tokenizer.encode(prompt)
+        out = len(tokenizer.encode(completion)) if output_len is None else output_len
+        if len(ids) < 2 or out < 2 or len(ids) + out > context_length:
+            continue
+        rows.append((ids, out))
+    if len(rows) < num_prompts:
+        raise ValueError(
+            f"dataset_path={str(path)!r} has {len(rows)} usable conversations (two turns, "
+            f"prompt and output of 2+ tokens, within the context of {context_length}); "
+            f"num_prompts={num_prompts} asks for more"
+        )
+    rng = np.random.default_rng(seed)
+    arrivals = arrival_times(rng, num_prompts, request_rate, burstiness)
+    names = lora_names or [None]
+    picks = pick_adapters(rng, arrivals, len(names), mix or AdapterMix(), seed)
+    return [
+        WorkloadRequest(
+            index=i,
+            arrival=float(arrivals[i]),
+            prompt=ids,
+            output_len=out,
+            lora_name=names[picks[i]],
+        )
+        for i, (ids, out) in enumerate(rows)
+    ]

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from jlora.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from jlora.text.detokenizer import IncrementalDetokenizer
 
 
 class Status(enum.Enum):
@@ -47,6 +51,8 @@ class Request:
     num_preemptions: int = 0
     num_pauses: int = 0
     """Times a drainer paused it (pages kept, resumed later without recompute)."""
+    detokenizer: IncrementalDetokenizer | None = None
+    """The output's text as it grows (set by an engine with a tokenizer; None: ids only)."""
     num_tokens: int = field(init=False)
     """Prompt and outputs so far (a field, not a property: the scheduler and the engine read it
     several times per request per step)."""
@@ -99,6 +105,9 @@ class RequestOutput:
     finish_time: float | None
     num_preemptions: int = 0
     num_pauses: int = 0
+    text: str | None = None
+    """The output's text (None: the engine has no tokenizer, or ``detokenize=False``). A stop
+    string that ended it and what followed are cut off; EOS and stop tokens have no text."""
 
     @property
     def ttft(self) -> float | None:
@@ -123,6 +132,7 @@ class RequestOutput:
             finish_time=req.finish_time,
             num_preemptions=req.num_preemptions,
             num_pauses=req.num_pauses,
+            text=None if req.detokenizer is None else req.detokenizer.text,
         )
 
 
@@ -135,3 +145,6 @@ class StreamEvent:
     index: int
     time: float
     finished: RequestOutput | None = None
+    text: str = ""
+    """The text this token adds (with a tokenizer): possibly empty while a character or a
+    possible stop string is incomplete; the pieces of a request join to its output's text."""

@@ -1,0 +1,3 @@
+from jlora.server.cli import main
+
+main()
