@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import sys
 import typing
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from jlora.bench.driver import RunResult, run_workload
 from jlora.bench.metrics import compute_metrics, per_adapter_ttft
 from jlora.bench.plots import plot_slot_timeline, plot_ttft_cdf, plot_ttft_per_adapter
 from jlora.bench.report import (
+    describe_cost_model,
     format_block,
     format_compare,
     format_host_cache,
@@ -30,11 +32,11 @@ from jlora.bench.report import (
 from jlora.bench.trace import ProfileSteps, SlotTimeline, TensorBoardTrace
 from jlora.bench.workload import WorkloadRequest, build_workload
 from jlora.config import EngineConfig
-from jlora.flags import add_dataclass_flags, dataclass_from_args
+from jlora.flags import FlagParser, add_dataclass_flags, dataclass_from_args, nearest, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="jlora bench",
         description="Serving benchmark of the in-process engine (SGLang bench_serving's flags).",
     )
@@ -46,29 +48,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_setting(text: str) -> tuple[str, dict[str, object]]:
-    """``NAME`` or ``NAME:field=value,...`` -> (name, EngineConfig overrides, typed)."""
+    """``NAME`` or ``NAME:field=value,...`` -> (name, EngineConfig overrides, typed). A bad item
+    raises ``ValueError`` naming it (and the nearest field to a misspelt one)."""
     name, _, rest = text.partition(":")
     if not name:
-        raise ValueError(f"--compare setting {text!r} has no name")
+        raise ValueError(f"--compare setting {text!r} has no name (NAME or NAME:field=value,...)")
+    where = f"--compare setting {text!r}"
     hints = typing.get_type_hints(EngineConfig)
-    fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    fields = [f.name for f in dataclasses.fields(EngineConfig)]
     overrides: dict[str, object] = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(
-                f"--compare setting {text!r}: {item!r} is not field=value of the engine"
-            )
+        if not sep:
+            raise ValueError(f"{where}: {item!r} is not field=value")
+        if key not in fields:
+            raise ValueError(f"{where}: {key!r} is not a field of the engine{nearest(key, fields)}")
         tp = hints[key]
         args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
         base = args[0]
         if base is bool:
-            overrides[key] = value.lower() in ("1", "true", "yes", "on")
+            if value.lower() not in _BOOLS:
+                raise ValueError(f"{where}: {key}={value!r} is not true or false")
+            overrides[key] = _BOOLS[value.lower()]
         elif base in (int, float, str):
-            overrides[key] = base(value)
+            try:
+                overrides[key] = float(value) if base is float else base(value)
+            except ValueError:
+                raise ValueError(f"{where}: {key}={value!r} is not {_A[base]}") from None
         else:
-            raise ValueError(f"--compare cannot set {key!r} (type {tp})")
+            raise ValueError(f"{where}: --compare cannot set {key!r} (type {tp})")
     return name, overrides
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True} | {
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+_A = {int: "an integer", float: "a number", str: "a string"}
 
 
 # Settings that only change host-side scheduling: an engine for one of them can take over the
@@ -162,8 +180,15 @@ def run_bench(
     results: dict[str, RunResult] = {}
     metrics: dict[str, dict] = {}
     timelines: dict[str, SlotTimeline] = {}
-    for name, overrides in settings:
-        cfg = dataclasses.replace(config, **overrides)
+    configs: dict[str, EngineConfig] = {}
+    for name, overrides in settings:  # every setting checked before the first runs
+        if name in configs:
+            raise ValueError(f"--compare names the setting {name!r} twice")
+        try:
+            configs[name] = dataclasses.replace(config, **overrides)
+        except ValueError as e:
+            raise ValueError(f"--compare setting {name!r}: {e}") from e
+    for name, cfg in configs.items():
         engine = make_engine(cfg, bench, runners)
         observers: list = [timelines.setdefault(name, SlotTimeline())]
         if bench.tensorboard_dir:
@@ -180,7 +205,7 @@ def run_bench(
         metrics[name] = compute_metrics(result.outputs, result.duration)
         adapters = per_adapter_ttft(result.outputs)
         if not quiet:
-            print(format_block(name, metrics[name], bench.request_rate))
+            print(format_block(name, metrics[name], bench.request_rate, _simulated(engine)))
             print(format_per_adapter(adapters))
             print(format_host_cache(engine.adapters.host_bytes()))
         _write_outputs(bench, name, cfg, metrics[name], adapters, result)
@@ -201,6 +226,16 @@ def run_bench(
     if own_runners:
         runners.clear()  # the device memory of the last setting is the caller's again
     return {"metrics": metrics, "results": results}
+
+
+def _simulated(engine) -> str | None:
+    """The cost model behind a simulated engine's times, described; None for a real engine."""
+    cost = getattr(engine.runner, "cost", None)
+    if cost is None:
+        return None
+    from jlora.sim import calibrated_step_settings
+
+    return describe_cost_model(dict(cost.info), calibrated_step_settings(cost))
 
 
 def _write_outputs(bench, name, cfg, metrics, adapters, result) -> None:
@@ -239,6 +274,12 @@ def _write_outputs(bench, name, cfg, metrics, adapters, result) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``jlora bench``: bad input prints one line and exits with code 2 (``--debug``: the
+    traceback)."""
+    run_command("jlora bench", _main, sys.argv[1:] if argv is None else list(argv))
+
+
+def _main(argv: list[str]) -> None:
     from jlora.distributed import initialize_from_env
 
     args = build_parser().parse_args(argv)
