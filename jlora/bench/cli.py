@@ -180,6 +180,7 @@ def run_bench(
     results: dict[str, RunResult] = {}
     metrics: dict[str, dict] = {}
     timelines: dict[str, SlotTimeline] = {}
+    ranks: dict[str, int] = {}
     configs: dict[str, EngineConfig] = {}
     for name, overrides in settings:  # every setting checked before the first runs
         if name in configs:
@@ -204,6 +205,7 @@ def run_bench(
         results[name] = result
         metrics[name] = compute_metrics(result.outputs, result.duration)
         adapters = per_adapter_ttft(result.outputs)
+        ranks.update({n: a.rank for n, a in engine.adapters.host.items()})
         if not quiet:
             print(format_block(name, metrics[name], bench.request_rate, _simulated(engine)))
             print(format_per_adapter(adapters))
@@ -217,10 +219,20 @@ def run_bench(
     if bench.plot_dir:
         out = Path(bench.plot_dir)
         out.mkdir(parents=True, exist_ok=True)
-        plot_ttft_cdf(results, out / "ttft_cdf.png")
-        plot_ttft_per_adapter(results, out / "ttft_per_adapter.png")
+        thresholds = {n: c.lora_drain_wait_threshold for n, c in configs.items()}
+        plot_ttft_cdf(results, out / "ttft_cdf.png", thresholds)
+        plot_ttft_per_adapter(results, out / "ttft_per_adapter.png", ranks)
+        x_max = max(r.duration for r in results.values())
         for name, tl in timelines.items():
-            plot_slot_timeline(tl.points, f"slots over time: {name}", out / f"slots_{name}.png")
+            cfg = configs[name]
+            policy = f"{cfg.lora_drain_policy} at {thresholds[name]:g} s"
+            plot_slot_timeline(
+                tl,
+                f"device slots over time: {name} ({policy if thresholds[name] else 'drainer off'})",
+                out / f"slots_{name}.png",
+                ranks=ranks,
+                x_max=x_max,
+            )
     if bench.tensorboard_dir and not quiet:
         print(f"\ntensorboard --logdir {bench.tensorboard_dir}")
     if own_runners:

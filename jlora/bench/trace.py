@@ -8,6 +8,7 @@ Per request (at its arrival time): TTFT and E2E.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import jax
@@ -22,73 +23,102 @@ def _adapter(name: str | None) -> str:
 
 
 class TensorBoardTrace:
-    """A driver observer writing one TensorBoard run directory."""
+    """A driver observer writing one TensorBoard run directory.
 
-    def __init__(self, log_dir: str | Path, adapters: list[str | None]):
+    The engine's state is written at most once per ``interval_s`` of the run's time (a simulated
+    run takes thousands of steps a second; each point costs a record with a checksum computed in
+    Python): the step figures over the interval (mean step time and batch, tokens and adapter
+    loads summed, the share of prefill steps) and the queues and adapters as the interval ends.
+    Each event's wall time is the run's start plus the run's time at that point, so TensorBoard's
+    RELATIVE x axis reads seconds since the run's start (virtual seconds for a simulated run),
+    the same axis for every setting; the step number is milliseconds since the start.
+    """
+
+    def __init__(self, log_dir: str | Path, adapters: list[str | None], interval_s: float = 0.05):
         self.writer = ScalarWriter(log_dir)
         self.adapters = adapters
+        self.interval_s = interval_s
+        self.wall_start = time.time()
+        self._since = 0.0  # run time of the last point written
+        self._steps: list[StepRecord] = []
 
     def __call__(self, engine: Engine, step: StepRecord) -> None:
-        t = int(step.end * 1e3)
+        self._steps.append(step)
+        if step.end - self._since < self.interval_s:
+            return
+        steps, self._steps, self._since = self._steps, [], step.end
         state = engine.scheduler.snapshot(engine.clock.now())
-        w = self.writer
-        w.scalars(
-            {
-                "step/time_ms": (step.end - step.start) * 1e3,
-                "step/batch_size": step.batch,
-                "step/tokens": step.tokens,
-                "step/is_prefill": float(step.kind == "prefill"),
-                "step/adapter_loads": step.loads,
-                "queue/waiting": sum(state.waiting.values()),
-                "queue/running": sum(state.running.values()),
-                "queue/paused": sum(state.paused.values()),
-                "kv/free_pages": state.free_pages,
-            },
-            t,
-        )
+        values = {
+            "step/time_ms": 1e3 * sum(s.end - s.start for s in steps) / len(steps),
+            "step/batch_size": sum(s.batch for s in steps) / len(steps),
+            "step/tokens": sum(s.tokens for s in steps),
+            "step/prefill_share": sum(s.kind == "prefill" for s in steps) / len(steps),
+            "step/adapter_loads": sum(s.loads for s in steps),
+            "queue/waiting": sum(state.waiting.values()),
+            "queue/running": sum(state.running.values()),
+            "queue/paused": sum(state.paused.values()),
+            "kv/free_pages": state.free_pages,
+        }
         for name in self.adapters:
             a = _adapter(name)
-            w.scalars(
-                {
-                    f"waiting/{a}": state.waiting.get(name, 0),
-                    f"longest_wait_s/{a}": state.longest_wait.get(name, 0.0),
-                    f"slots_held/{a}": float(name in state.slots) if name is not None else 0.0,
-                    f"paused/{a}": state.paused.get(name, 0),
-                    f"draining/{a}": float(name in state.draining),
-                },
-                t,
-            )
+            values |= {
+                f"waiting/{a}": state.waiting.get(name, 0),
+                f"longest_wait_s/{a}": state.longest_wait.get(name, 0.0),
+                f"slots_held/{a}": float(name in state.slots) if name is not None else 0.0,
+                f"paused/{a}": state.paused.get(name, 0),
+                f"draining/{a}": float(name in state.draining),
+            }
+        self.writer.scalars(values, int(step.end * 1e3), wall_time=self.wall_start + step.end)
 
     def finish(self, result: RunResult) -> None:
         for o in result.outputs:
             if o.first_token_time is None:
                 continue
-            t = int((o.arrival_time - result.start) * 1e3)
+            t = o.arrival_time - result.start
             self.writer.scalars(
                 {
                     "request/ttft_ms": o.ttft * 1e3,
                     "request/e2e_ms": o.e2e * 1e3,
                     f"request_ttft_ms/{_adapter(o.lora_name)}": o.ttft * 1e3,
                 },
-                t,
+                int(t * 1e3),
+                wall_time=self.wall_start + t,
             )
         self.writer.close()
 
 
 class SlotTimeline:
-    """Records which adapter holds each device slot after every step (for the timeline plot)."""
+    """Records which adapter holds each device slot after every step, and how many requests wait
+    (for the timeline plot)."""
 
     def __init__(self):
         self.points: list[tuple[float, tuple[str | None, ...]]] = []
+        """(run time, adapter per slot), at each change."""
+        self.waiting: list[tuple[float, int]] = []
+        """(run time, requests waiting for admission, paused ones included), at each change."""
 
     def __call__(self, engine: Engine, step: StepRecord) -> None:
         slots = tuple(engine.adapters.occupant)
         if not self.points or self.points[-1][1] != slots:
             self.points.append((step.start, slots))
+        sched = engine.scheduler
+        waiting = len(sched.waiting) + len(sched.paused)
+        if not self.waiting or self.waiting[-1][1] != waiting:
+            self.waiting.append((step.end, waiting))
+
+    def swaps(self) -> list[float]:
+        """Run times at which an adapter replaced another in a slot (a slot's first load, into an
+        empty slot, is no swap)."""
+        out = []
+        for (_, before), (t, after) in zip(self.points, self.points[1:], strict=False):
+            out += [t] * sum(a is not None and a != b for a, b in zip(before, after, strict=True))
+        return out
 
     def finish(self, result: RunResult) -> None:
         if self.points:
             self.points.append((result.duration, self.points[-1][1]))
+        if self.waiting:
+            self.waiting.append((result.duration, self.waiting[-1][1]))
 
 
 class ProfileSteps:
