@@ -28,8 +28,10 @@ from pathlib import Path
 
 from jlora.bench.cli import RunnerCache, run_bench
 from jlora.bench.config import BenchConfig
+from jlora.bench.driver import RunResult
 from jlora.bench.metrics import per_adapter_ttft
 from jlora.bench.report import format_compare
+from jlora.bench.trace import SlotTimeline
 from jlora.config import EngineConfig
 from jlora.flags import FlagParser, add_dataclass_flags, dataclass_from_args, run_command
 
@@ -97,6 +99,12 @@ class PartResult:
     kept_up: bool
     """Whether every run served its requests about as fast as they arrived (a simulated part
     always does: its clock waits for the engine)."""
+    results: dict[str, RunResult]
+    """Each setting's requests and steps (for plots)."""
+    timelines: dict[str, SlotTimeline]
+    """Each setting's slot occupancy and waiting requests over time (for plots)."""
+    ranks: dict[str, int]
+    """Each adapter's rank."""
 
 
 def demo_engine_config() -> EngineConfig:
@@ -190,6 +198,9 @@ def run_part(
         metrics=ran["metrics"],
         per_adapter={s: per_adapter_ttft(r.outputs) for s, r in ran["results"].items()},
         kept_up=kept_up or backend == "sim",
+        results=ran["results"],
+        timelines=ran["timelines"],
+        ranks=ran["ranks"],
     )
 
 

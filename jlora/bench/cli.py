@@ -237,7 +237,7 @@ def run_bench(
         print(f"\ntensorboard --logdir {bench.tensorboard_dir}")
     if own_runners:
         runners.clear()  # the device memory of the last setting is the caller's again
-    return {"metrics": metrics, "results": results}
+    return {"metrics": metrics, "results": results, "timelines": timelines, "ranks": ranks}
 
 
 def _simulated(engine) -> str | None:

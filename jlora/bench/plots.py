@@ -16,9 +16,20 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from jlora.bench.driver import RunResult  # noqa: E402
 from jlora.bench.trace import SlotTimeline  # noqa: E402
+
+
+def _save(fig: Figure, path: Path | None) -> Figure:
+    """Lay ``fig`` out and write it to ``path`` (if given); the figure is returned either way, and
+    closed once written (a notebook displays a closed figure all the same)."""
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
 
 
 def _label(adapter: str, ranks: dict[str, int] | None) -> str:
@@ -32,10 +43,10 @@ def _ttfts(r: RunResult) -> np.ndarray:
 
 def plot_ttft_cdf(
     results: dict[str, RunResult],
-    path: Path,
+    path: Path | None = None,
     thresholds: dict[str, float] | None = None,
     title: str = "Time to first token: CDF per setting",
-) -> None:
+) -> Figure:
     """One CDF per setting on a linear time axis, its P50 and P99 marked and labelled; a dashed
     vertical line at each setting's drain threshold (``thresholds``, seconds; 0 or absent: none)."""
     fig, ax = plt.subplots(figsize=(9, 5.6))
@@ -64,17 +75,15 @@ def plot_ttft_cdf(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), fontsize=8, ncol=2, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return _save(fig, path)
 
 
 def plot_ttft_per_adapter(
     results: dict[str, RunResult],
-    path: Path,
+    path: Path | None = None,
     ranks: dict[str, int] | None = None,
     title: str = "TTFT per adapter: P50 (solid) and P99 (light) per setting",
-) -> None:
+) -> Figure:
     """Grouped bars on a linear axis from 0: per adapter (labelled with its rank), one pair per
     setting, P50 solid in front of P99 light, the P99 value written on top."""
     names = sorted({o.lora_name or "base" for r in results.values() for o in r.outputs})
@@ -97,25 +106,23 @@ def plot_ttft_per_adapter(
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return _save(fig, path)
 
 
 def plot_slot_timeline(
     timeline: SlotTimeline,
     title: str,
-    path: Path,
+    path: Path | None = None,
     *,
     ranks: dict[str, int] | None = None,
     x_max: float | None = None,
-) -> None:
+) -> Figure | None:
     """Top: which adapter held each device slot over time, one lane per slot. Bottom: requests
     waiting over time and a tick at each swap (an adapter replacing another in a slot). ``x_max``
     (seconds): the right end of the x axis, the same for every setting compared."""
     points = timeline.points
     if not points:
-        return
+        return None
     adapters = sorted({a for _, slots in points for a in slots if a is not None})
     color = {a: f"C{i % 10}" for i, a in enumerate(adapters)}
     num_slots = len(points[0][1])
@@ -159,6 +166,4 @@ def plot_slot_timeline(
     queue.set_xlabel("time since the run's start (s)")
     queue.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     queue.set_xlim(0, x_max if x_max is not None else points[-1][0])
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return _save(fig, path)
