@@ -15,6 +15,7 @@ import dataclasses
 import gc
 import json
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -189,14 +190,19 @@ def run_bench(
             configs[name] = dataclasses.replace(config, **overrides)
         except ValueError as e:
             raise ValueError(f"--compare setting {name!r}: {e}") from e
+    # A fresh TensorBoard directory per invocation: a second run must not extend the first's
+    # curves (they would go back in time).
+    stamp = _fresh_stamp(Path(bench.tensorboard_dir or "."))
     for name, cfg in configs.items():
         engine = make_engine(cfg, bench, runners)
         observers: list = [timelines.setdefault(name, SlotTimeline())]
         if bench.tensorboard_dir:
-            observers.append(TensorBoardTrace(Path(bench.tensorboard_dir) / name, names))
+            run_dir = Path(bench.tensorboard_dir) / stamp / name
+            settings = {"setting": name} | _settings(cfg, bench)
+            observers.append(TensorBoardTrace(run_dir, names, settings=settings))
             if bench.profile_steps:
                 lo, hi = parse_step_range(bench.profile_steps)
-                observers.append(ProfileSteps(Path(bench.tensorboard_dir) / name, lo, hi))
+                observers.append(ProfileSteps(run_dir, lo, hi))
         result = run_workload(
             engine, workload, observers=tuple(observers), progress=not bench.disable_tqdm, desc=name
         )
@@ -234,10 +240,35 @@ def run_bench(
                 x_max=x_max,
             )
     if bench.tensorboard_dir and not quiet:
-        print(f"\ntensorboard --logdir {bench.tensorboard_dir}")
+        print(f"\ntensorboard --logdir {bench.tensorboard_dir}   (this run: {stamp}/)")
     if own_runners:
         runners.clear()  # the device memory of the last setting is the caller's again
     return {"metrics": metrics, "results": results, "timelines": timelines, "ranks": ranks}
+
+
+def _fresh_stamp(root: Path) -> str:
+    """``YYYYMMDD-HHMMSS`` of now, with ``-1``, ``-2`` ... when a run of the same second has it."""
+    stamp = name = time.strftime("%Y%m%d-%H%M%S")
+    i = 0
+    while (root / name).exists():
+        i += 1
+        name = f"{stamp}-{i}"
+    return name
+
+
+def _settings(cfg: EngineConfig, bench: BenchConfig) -> dict[str, object]:
+    """The fields of a run's settings that differ from their defaults, engine's then benchmark's,
+    with the few that say what ran always included."""
+    always = {"model", "lora_drain_policy", "lora_drain_wait_threshold", "max_loras_per_batch"}
+    always |= {"backend", "request_rate", "num_prompts"}
+    out: dict[str, object] = {}
+    for obj in (cfg, bench):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if f.name in always or value != default:
+                out[f.name] = value
+    return out
 
 
 def _simulated(engine) -> str | None:

@@ -13,13 +13,18 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
 from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.histogram.summary_v2 import histogram_pb
+from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 from tensorboard.summary.writer.record_writer import RecordWriter
+from tensorboard.util.tensor_util import make_tensor_proto
 
 
 class ScalarWriter:
-    """Appends scalar summaries to a new event file under ``log_dir`` (created if missing)."""
+    """Appends summaries (scalars, histograms, text, hparams) to a new event file under
+    ``log_dir`` (created if missing)."""
 
     def __init__(self, log_dir: str | Path):
         self.log_dir = Path(log_dir)
@@ -44,6 +49,33 @@ class ScalarWriter:
         )
         wall = time.time() if wall_time is None else wall_time
         self._add(Event(wall_time=wall, step=int(step), summary=summary))
+
+    def histogram(
+        self, tag: str, values, step: int, wall_time: float | None = None, buckets: int = 30
+    ) -> None:
+        """Record the distribution of ``values`` under ``tag`` (TensorBoard's HISTOGRAMS and
+        DISTRIBUTIONS tabs)."""
+        summary = histogram_pb(tag, np.asarray(values, np.float64), buckets=buckets)
+        self._add(
+            Event(
+                wall_time=time.time() if wall_time is None else wall_time,
+                step=step,
+                summary=summary,
+            )
+        )
+
+    def text(self, tag: str, markdown: str, step: int = 0) -> None:
+        """Record ``markdown`` under ``tag`` (TensorBoard's TEXT tab renders it)."""
+        metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
+        value = Summary.Value(
+            tag=tag, metadata=metadata, tensor=make_tensor_proto(np.array(markdown.encode()))
+        )
+        self._add(Event(wall_time=time.time(), step=step, summary=Summary(value=[value])))
+
+    def hparams(self, values: dict[str, bool | int | float | str]) -> None:
+        """Record the run's settings for TensorBoard's HPARAMS tab, which tabulates the runs of a
+        log directory by them beside their scalars."""
+        self._add(Event(wall_time=time.time(), summary=hparams_pb(values)))
 
     def flush(self) -> None:
         self._writer.flush()
