@@ -272,7 +272,7 @@ def format_verdicts(sim: PartResult, real: PartResult | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m jlora.demo``: bad flags print one line and exit with code 2."""
-    run_command("jlora demo", _main, sys.argv[1:] if argv is None else list(argv))
+    run_command("python -m jlora.demo", _main, sys.argv[1:] if argv is None else list(argv))
 
 
 def _main(argv: list[str]) -> None:
