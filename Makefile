@@ -1,12 +1,14 @@
 # jlora: two commands for a fresh clone.
 #   make test   set up .venv, then lint, format check and the test suite (CPU)
-#   make demo   set up .venv, then the main demo job on CPU with the built-in tiny model
+#   make demo   set up .venv, then the demo on CPU: the drain policies on the tiny model, simulated
+#               (the same table on every machine) and real (this machine, at 70% of its capacity)
+#   make tensorboard   serve the demo's TensorBoard runs (runs/demo) at http://localhost:6006
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test demo tensorboard lint clean
 
 setup: $(STAMP)
 
@@ -26,6 +28,9 @@ test: lint
 
 demo: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m jlora.demo
+
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir runs/demo
 
 clean:
 	rm -rf $(VENV)

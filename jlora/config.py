@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jlora.flags import nearest
 from jlora.scheduler.policies import DRAIN_POLICIES
 from models.config import ModelConfig
 from models.presets import PRESETS, get_preset
@@ -150,7 +151,8 @@ class EngineConfig:
             raise ValueError(f"model={self.model!r} must be a model directory or a preset name")
         if self.model not in PRESETS and not Path(self.model).is_dir():
             raise ValueError(
-                f"model={self.model!r} is neither a directory nor a preset ({', '.join(PRESETS)})"
+                f"model={self.model!r} is neither a directory nor a preset "
+                f"({', '.join(PRESETS)}){nearest(self.model, PRESETS)}"
             )
         if self.tokenizer_path is not None and not Path(self.tokenizer_path).is_dir():
             raise ValueError(f"tokenizer_path={self.tokenizer_path!r} is not a directory")
@@ -262,7 +264,8 @@ class EngineConfig:
 
 def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
+        hint = nearest(value, choices) if isinstance(value, str) else ""
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}{hint}")
 
 
 def _positive_int(name: str, value: object) -> None:

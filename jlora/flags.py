@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import inspect
+import sys
 import textwrap
 import types
 import typing
+import warnings
 from typing import Any
 
 
@@ -47,7 +50,21 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
 
 
 def _parse_float(text: str) -> float:
-    return float("inf") if text.lower() in ("inf", "infinity") else float(text)
+    try:
+        return float("inf") if text.lower() in ("inf", "infinity") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 4, 0.5 or inf)") from None
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+# How a flag's text becomes a field's value; a bad text raises ``ArgumentTypeError`` naming it.
+_PARSERS: dict[type, typing.Callable[[str], Any]] = {float: _parse_float, int: _parse_int, str: str}
 
 
 def add_dataclass_flags(
@@ -84,11 +101,9 @@ def add_dataclass_flags(
             kwargs["type"] = str
         elif origin is tuple:
             kwargs["nargs"] = "+"
-            kwargs["type"] = typing.get_args(tp)[0]
-        elif tp is float:
-            kwargs["type"] = _parse_float
-        elif tp in (int, str):
-            kwargs["type"] = tp
+            kwargs["type"] = _PARSERS[typing.get_args(tp)[0]]
+        elif tp in _PARSERS:
+            kwargs["type"] = _PARSERS[tp]
         else:
             raise TypeError(f"no flag type for field {cls.__name__}.{f.name}: {tp!r}")
         del optional  # None is the dataclass default; a flag always sets a value
@@ -124,3 +139,59 @@ def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
             raise ValueError(f"{flag} names {name!r} twice")
         out[name] = value
     return out
+
+
+def nearest(word: str, choices) -> str:
+    """`` (did you mean 'x'?)`` naming the closest of ``choices`` to a misspelt ``word``, or ``""``
+    when none is close."""
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {found[0]!r}?)" if found else ""
+
+
+class FlagParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr (the message, the value it names
+    and the nearest flag to a misspelt one) and exit code 2, instead of the usage block."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--debug",
+            action="store_true",
+            help="on an error, show its traceback (default: one line)",
+        )
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            flags = [e for e in extras if e.startswith("-")]
+            word = (flags or extras)[0]
+            hint = nearest(word.partition("=")[0], self._option_string_actions) if flags else ""
+            self.error(f"unknown flag {word!r}{hint}" if flags else f"unexpected value {word!r}")
+        return namespace
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
+
+def run_command(prog: str, main: typing.Callable[[list[str]], object], argv: list[str]) -> None:
+    """Run ``main(argv)``, one command line. Bad input (a ``ValueError`` or ``OSError``, which
+    name the bad value) prints one line and exits with code 2; ``--debug`` in ``argv`` lets the
+    exception through with its traceback. Warnings print as one line each too."""
+    debug = "--debug" in argv
+    formatwarning = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = _one_line_warning
+    try:
+        main(argv)
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{prog}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {' '.join(str(message).split())}\n"

@@ -1,12 +1,16 @@
-"""Sampling parameters of a generation request (SGLang's and vLLM's names)."""
+"""Sampling parameters of a generation request (SGLang's and vLLM's names: ``max_tokens`` is
+taken for ``max_new_tokens``)."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
+from jlora.flags import nearest
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -87,6 +91,43 @@ class SamplingParams:
         set_(self, "detokenize", bool(self.detokenize))
         if self.stop and not self.detokenize:
             raise ValueError(f"stop={self.stop!r} needs detokenize=True (stop strings are text)")
+
+
+# vLLM's and OpenAI's names of our fields, taken as aliases.
+ALIASES = {"max_tokens": "max_new_tokens"}
+_dataclass_init = SamplingParams.__init__
+
+
+def _init_with_aliases(self: SamplingParams, *args, **kwargs) -> None:
+    # The dataclass's own __init__, after renaming the aliases: an unknown keyword is a TypeError
+    # that names the accepted ones (the generated __init__ would name only the bad one).
+    fields = list(SamplingParams.__dataclass_fields__)
+    if args:
+        raise ArgumentTypeError(
+            f"SamplingParams takes keywords only ({', '.join(fields)}), got {args!r}"
+        )
+    for alias, name in ALIASES.items():
+        if alias in kwargs:
+            if name in kwargs:
+                raise ArgumentTypeError(
+                    f"SamplingParams got both {alias}={kwargs[alias]!r} and "
+                    f"{name}={kwargs[name]!r}; {alias} is another name for {name}: pass one"
+                )
+            kwargs[name] = kwargs.pop(alias)
+    unknown = [k for k in kwargs if k not in fields]
+    if unknown:
+        hint = nearest(unknown[0], [*fields, *ALIASES])
+        raise ArgumentTypeError(
+            f"SamplingParams got an unknown keyword {unknown[0]!r}{hint}; "
+            f"it takes {', '.join(fields)} (and {', '.join(ALIASES)} for "
+            f"{', '.join(ALIASES.values())})"
+        )
+    _dataclass_init(self, **kwargs)
+
+
+_init_with_aliases.__signature__ = inspect.signature(_dataclass_init)  # type: ignore[attr-defined]
+_init_with_aliases.__doc__ = SamplingParams.__doc__
+SamplingParams.__init__ = _init_with_aliases  # type: ignore[method-assign]
 
 
 def _int(field: str, value, whole=None) -> int:

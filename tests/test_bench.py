@@ -150,8 +150,10 @@ def test_compare_settings_parse():
         "x",
         {"max_loras_per_batch": 2, "warmup": False, "mem_fraction_static": 0.5},
     )
-    with pytest.raises(ValueError, match="'nope=1' is not field=value"):
+    with pytest.raises(ValueError, match="'nope' is not a field of the engine"):
         parse_setting("x:nope=1")
+    with pytest.raises(ValueError, match="'nope' is not field=value"):
+        parse_setting("x:nope")
 
 
 def _fake_engine() -> Engine:

@@ -96,9 +96,20 @@ def read_peft_config(name: str, path: Path) -> dict[str, Any]:
     """The ``adapter_config.json`` of adapter directory ``path``, which must also hold the
     weights file; :class:`AdapterError` naming what is missing or unreadable."""
     if not path.is_dir():
-        raise AdapterError(name, "path", str(path), "is not a directory")
+        if str(path).startswith("dummy:"):  # a random adapter's spec that did not parse
+            raise AdapterError(name, "path", str(path), "is not dummy:RANK with a whole RANK >= 1")
+        why = " (nothing is there)" if not path.exists() else ""
+        raise AdapterError(name, "path", str(path), f"is not a directory{why}")
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
+        if (path / "config.json").is_file():  # a model directory, not an adapter
+            raise AdapterError(
+                name,
+                "path",
+                str(path),
+                f"has no {CONFIG_FILE} but a config.json: a full model, not a LoRA adapter "
+                "(serve a model with --model / EngineConfig(model=...))",
+            )
         raise AdapterError(name, "path", str(path), f"has no {CONFIG_FILE}")
     if not (path / WEIGHTS_FILE).is_file():
         raise AdapterError(name, "path", str(path), f"has no {WEIGHTS_FILE}")

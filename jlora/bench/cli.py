@@ -14,6 +14,8 @@ import argparse
 import dataclasses
 import gc
 import json
+import sys
+import time
 import typing
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from jlora.bench.http_driver import run_http_workload
 from jlora.bench.metrics import compute_metrics, per_adapter_ttft
 from jlora.bench.plots import plot_slot_timeline, plot_ttft_cdf, plot_ttft_per_adapter
 from jlora.bench.report import (
+    describe_cost_model,
     format_block,
     format_compare,
     format_host_cache,
@@ -31,12 +34,12 @@ from jlora.bench.report import (
 from jlora.bench.trace import ProfileSteps, SlotTimeline, TensorBoardTrace
 from jlora.bench.workload import WorkloadRequest
 from jlora.config import EngineConfig
-from jlora.flags import add_dataclass_flags, dataclass_from_args
+from jlora.flags import FlagParser, add_dataclass_flags, dataclass_from_args, nearest, run_command
 from jlora.text import load_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="jlora bench",
         description="Serving benchmark of the in-process engine (SGLang bench_serving's flags).",
     )
@@ -48,29 +51,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_setting(text: str) -> tuple[str, dict[str, object]]:
-    """``NAME`` or ``NAME:field=value,...`` -> (name, EngineConfig overrides, typed)."""
+    """``NAME`` or ``NAME:field=value,...`` -> (name, EngineConfig overrides, typed). A bad item
+    raises ``ValueError`` naming it (and the nearest field to a misspelt one)."""
     name, _, rest = text.partition(":")
     if not name:
-        raise ValueError(f"--compare setting {text!r} has no name")
+        raise ValueError(f"--compare setting {text!r} has no name (NAME or NAME:field=value,...)")
+    where = f"--compare setting {text!r}"
     hints = typing.get_type_hints(EngineConfig)
-    fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    fields = [f.name for f in dataclasses.fields(EngineConfig)]
     overrides: dict[str, object] = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(
-                f"--compare setting {text!r}: {item!r} is not field=value of the engine"
-            )
+        if not sep:
+            raise ValueError(f"{where}: {item!r} is not field=value")
+        if key not in fields:
+            raise ValueError(f"{where}: {key!r} is not a field of the engine{nearest(key, fields)}")
         tp = hints[key]
         args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
         base = args[0]
         if base is bool:
-            overrides[key] = value.lower() in ("1", "true", "yes", "on")
+            if value.lower() not in _BOOLS:
+                raise ValueError(f"{where}: {key}={value!r} is not true or false")
+            overrides[key] = _BOOLS[value.lower()]
         elif base in (int, float, str):
-            overrides[key] = base(value)
+            try:
+                overrides[key] = float(value) if base is float else base(value)
+            except ValueError:
+                raise ValueError(f"{where}: {key}={value!r} is not {_A[base]}") from None
         else:
-            raise ValueError(f"--compare cannot set {key!r} (type {tp})")
+            raise ValueError(f"{where}: --compare cannot set {key!r} (type {tp})")
     return name, overrides
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True} | {
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+_A = {int: "an integer", float: "a number", str: "a string"}
 
 
 # Settings that only change host-side scheduling: an engine for one of them can take over the
@@ -165,8 +184,19 @@ def run_bench(
     results: dict[str, RunResult] = {}
     metrics: dict[str, dict] = {}
     timelines: dict[str, SlotTimeline] = {}
-    for name, overrides in settings:
-        cfg = dataclasses.replace(config, **overrides)
+    ranks: dict[str, int] = {}
+    configs: dict[str, EngineConfig] = {}
+    for name, overrides in settings:  # every setting checked before the first runs
+        if name in configs:
+            raise ValueError(f"--compare names the setting {name!r} twice")
+        try:
+            configs[name] = dataclasses.replace(config, **overrides)
+        except ValueError as e:
+            raise ValueError(f"--compare setting {name!r}: {e}") from e
+    # A fresh TensorBoard directory per invocation: a second run must not extend the first's
+    # curves (they would go back in time).
+    stamp = _fresh_stamp(Path(bench.tensorboard_dir or "."))
+    for name, cfg in configs.items():
         if bench.backend == "http":
             results[name] = result = run_http_workload(
                 bench.base_url, workload, progress=not bench.disable_tqdm, desc=name
@@ -181,10 +211,12 @@ def run_bench(
         engine = make_engine(cfg, bench, runners)
         observers: list = [timelines.setdefault(name, SlotTimeline())]
         if bench.tensorboard_dir:
-            observers.append(TensorBoardTrace(Path(bench.tensorboard_dir) / name, names))
+            run_dir = Path(bench.tensorboard_dir) / stamp / name
+            recorded = {"setting": name} | _settings(cfg, bench)
+            observers.append(TensorBoardTrace(run_dir, names, settings=recorded))
             if bench.profile_steps:
                 lo, hi = parse_step_range(bench.profile_steps)
-                observers.append(ProfileSteps(Path(bench.tensorboard_dir) / name, lo, hi))
+                observers.append(ProfileSteps(run_dir, lo, hi))
         result = run_workload(
             engine, workload, observers=tuple(observers), progress=not bench.disable_tqdm, desc=name
         )
@@ -193,8 +225,9 @@ def run_bench(
         results[name] = result
         metrics[name] = compute_metrics(result.outputs, result.duration)
         adapters = per_adapter_ttft(result.outputs)
+        ranks.update({n: a.rank for n, a in engine.adapters.host.items()})
         if not quiet:
-            print(format_block(name, metrics[name], bench.request_rate))
+            print(format_block(name, metrics[name], bench.request_rate, _simulated(engine)))
             print(format_per_adapter(adapters))
             print(format_host_cache(engine.adapters.host_bytes()))
         _write_outputs(bench, name, cfg, metrics[name], adapters, result)
@@ -206,15 +239,60 @@ def run_bench(
     if bench.plot_dir:
         out = Path(bench.plot_dir)
         out.mkdir(parents=True, exist_ok=True)
-        plot_ttft_cdf(results, out / "ttft_cdf.png")
-        plot_ttft_per_adapter(results, out / "ttft_per_adapter.png")
+        thresholds = {n: c.lora_drain_wait_threshold for n, c in configs.items()}
+        plot_ttft_cdf(results, out / "ttft_cdf.png", thresholds)
+        plot_ttft_per_adapter(results, out / "ttft_per_adapter.png", ranks)
+        x_max = max(r.duration for r in results.values())
         for name, tl in timelines.items():
-            plot_slot_timeline(tl.points, f"slots over time: {name}", out / f"slots_{name}.png")
+            cfg = configs[name]
+            policy = f"{cfg.lora_drain_policy} at {thresholds[name]:g} s"
+            plot_slot_timeline(
+                tl,
+                f"device slots over time: {name} ({policy if thresholds[name] else 'drainer off'})",
+                out / f"slots_{name}.png",
+                ranks=ranks,
+                x_max=x_max,
+            )
     if bench.tensorboard_dir and not quiet:
-        print(f"\ntensorboard --logdir {bench.tensorboard_dir}")
+        print(f"\ntensorboard --logdir {bench.tensorboard_dir}   (this run: {stamp}/)")
     if own_runners:
         runners.clear()  # the device memory of the last setting is the caller's again
-    return {"metrics": metrics, "results": results}
+    return {"metrics": metrics, "results": results, "timelines": timelines, "ranks": ranks}
+
+
+def _fresh_stamp(root: Path) -> str:
+    """``YYYYMMDD-HHMMSS`` of now, with ``-1``, ``-2`` ... when a run of the same second has it."""
+    stamp = name = time.strftime("%Y%m%d-%H%M%S")
+    i = 0
+    while (root / name).exists():
+        i += 1
+        name = f"{stamp}-{i}"
+    return name
+
+
+def _settings(cfg: EngineConfig, bench: BenchConfig) -> dict[str, object]:
+    """The fields of a run's settings that differ from their defaults, engine's then benchmark's,
+    with the few that say what ran always included."""
+    always = {"model", "lora_drain_policy", "lora_drain_wait_threshold", "max_loras_per_batch"}
+    always |= {"backend", "request_rate", "num_prompts"}
+    out: dict[str, object] = {}
+    for obj in (cfg, bench):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if f.name in always or value != default:
+                out[f.name] = value
+    return out
+
+
+def _simulated(engine) -> str | None:
+    """The cost model behind a simulated engine's times, described; None for a real engine."""
+    cost = getattr(engine.runner, "cost", None)
+    if cost is None:
+        return None
+    from jlora.sim import calibrated_step_settings
+
+    return describe_cost_model(dict(cost.info), calibrated_step_settings(cost))
 
 
 def _tokenizer(config: EngineConfig):
@@ -265,6 +343,12 @@ def _write_outputs(bench, name, cfg, metrics, adapters, result) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``jlora bench``: bad input prints one line and exits with code 2 (``--debug``: the
+    traceback)."""
+    run_command("jlora bench", _main, sys.argv[1:] if argv is None else list(argv))
+
+
+def _main(argv: list[str]) -> None:
     from jlora.distributed import initialize_from_env
 
     args = build_parser().parse_args(argv)

@@ -53,8 +53,14 @@ def _fmt(value, spec: str) -> str:
     return format(value, spec)
 
 
-def format_block(name: str, metrics: dict, request_rate: float) -> str:
+def format_block(
+    name: str, metrics: dict, request_rate: float, simulated: str | None = None
+) -> str:
+    """SGLang's result block; ``simulated``: the cost model's description, for a simulated run
+    (its durations are virtual time, not this machine's)."""
     lines = [f"{' Serving Benchmark Result: ' + name + ' ':=^50}"]
+    if simulated:
+        lines.append(f"SIMULATED: times are virtual, from {simulated}")
     lines.append(f"{'Traffic request rate:':<40} {request_rate}")
     for label, key, spec in _BLOCK:
         if key is None:
@@ -97,3 +103,12 @@ def format_compare(results: dict[str, dict]) -> str:
         ]
         lines.append(f"| {label} | " + " | ".join(cells + changes) + " |")
     return "\n".join(lines)
+
+
+def describe_cost_model(info: dict, calibrated_step: dict) -> str:
+    """``the cost model of <model> on <device> (calibrated <date>[, with <settings>])``."""
+    with_ = ", ".join(f"{k}={v!r}" for k, v in calibrated_step.items())
+    return (
+        f"the cost model of {info.get('model', '?')} on {info.get('device_kind', '?')} "
+        f"(calibrated {info.get('date', '?')}{', with ' + with_ if with_ else ''})"
+    )

@@ -8,14 +8,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from jlora.config import EngineConfig
-from jlora.flags import add_dataclass_flags, dataclass_from_args
+from jlora.flags import FlagParser, add_dataclass_flags, dataclass_from_args, run_command
 from jlora.server.config import ServerConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="jlora serve",
         description="OpenAI-compatible HTTP server (completions, chat, per-request adapters).",
     )
@@ -27,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``jlora serve``: bad input prints one line and exits with code 2 (``--debug``: the
+    traceback)."""
+    run_command("jlora serve", _main, sys.argv[1:] if argv is None else list(argv))
+
+
+def _main(argv: list[str]) -> None:
     from jlora.distributed import initialize_from_env
     from jlora.server.launch import serve
 
