@@ -40,7 +40,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltr
 
-_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: a fully masked block stays NaN-free
+from jlora.kernels import online_softmax
+
 _MIN_ROWS = 16  # Triton's dot needs M >= 16: the query heads of a KV head are padded to it
 
 
@@ -179,32 +180,18 @@ def _decode_kernel(
     cols = pl.ds(h * head_dim, head_dim)
 
     def body(i, carry):
-        acc, m, denom = carry
         page0 = first_page + i * blocks.pages_per_block
         pages = page_table_ref[b, page0 + token // page_size]  # [N] page of each token (gather)
         kv_rows = layer_row0 + pages * page_size + token % page_size
         k = k_ref[kv_rows, cols]  # [N, D], read in place
         v = v_ref[kv_rows, cols]
-        logits = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * scale  # [Gp, N]
         valid = page0 * page_size + token < cached
-        logits = jnp.where(valid[None, :], logits, _MASKED)
         # Rows past the length (stale or trash-page data) get zero weight; zero them too, so that
         # a non-finite value there cannot reach the sum (0 * inf is NaN).
         v = jnp.where(valid[:, None], v, jnp.zeros_like(v))
-        m_next = jnp.maximum(m, logits.max(axis=-1))
-        correction = jnp.exp(m - m_next)
-        p = jnp.exp(logits - m_next[:, None])
-        denom_next = denom * correction + p.sum(axis=-1)
-        acc_next = acc * correction[:, None] + jnp.dot(
-            p.astype(v.dtype), v, preferred_element_type=jnp.float32
-        )
-        return acc_next, m_next, denom_next
+        return online_softmax.fold_block(carry, q, k, v, valid[None, :], scale)
 
-    init = (
-        jnp.zeros((rows, head_dim), jnp.float32),
-        jnp.full((rows,), _MASKED, jnp.float32),
-        jnp.zeros((rows,), jnp.float32),
-    )
+    init = online_softmax.init(rows, head_dim)
     acc, m, denom = lax.fori_loop(0, num_blocks, body, init)
     acc_ref[b, h, s, :, :] = acc
     m_ref[b, h, s, :] = m

@@ -42,7 +42,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltr
 
-_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: a fully masked block stays NaN-free
+from jlora.kernels import online_softmax
 
 
 @dataclass(frozen=True)
@@ -138,21 +138,6 @@ def dense_attention(
     return out.reshape(tq, hq, d).astype(q.dtype)
 
 
-def _online_softmax_step(carry, q, k, v, mask, scale):
-    """Fold one key block into the running (acc, max, denominator) of a query block."""
-    acc, m, denom = carry
-    scores = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * scale  # [bq, bk]
-    scores = jnp.where(mask, scores, _MASKED)
-    m_next = jnp.maximum(m, scores.max(axis=-1))
-    correction = jnp.exp(m - m_next)
-    p = jnp.where(mask, jnp.exp(scores - m_next[:, None]), 0.0)
-    denom_next = denom * correction + p.sum(axis=-1)
-    acc_next = acc * correction[:, None] + jnp.dot(
-        p.astype(v.dtype), v, preferred_element_type=jnp.float32
-    )
-    return acc_next, m_next, denom_next
-
-
 def _prefill_kernel(
     bounds_ref,  # [3, Tq] int32: first and last (exclusive) step key block, prefix blocks
     prefix_ref,  # [2] int32: prefix_len, prefix_seq
@@ -188,7 +173,7 @@ def _prefill_kernel(
         # Rows past prefix_len are stale or trash-page data: zero them so 0 * inf cannot occur.
         v = jnp.where(valid[:, None], pv_ref[pl.ds(j * bk, bk), kv_cols], 0)
         mask = (q_seq[:, None] == prefix_seq) & valid[None, :]
-        return _online_softmax_step(carry, q, k, v, mask, scale)
+        return online_softmax.fold_block(carry, q, k, v, mask, scale)
 
     def step_body(j, carry):
         keys = pl.ds(j * bk, bk)
@@ -201,13 +186,9 @@ def _prefill_kernel(
             & (k_seq[None, :] >= 0)
         ) | (q_idx[:, None] == k_idx[None, :])
         k, v = k_ref[keys, kv_cols], v_ref[keys, kv_cols]
-        return _online_softmax_step(carry, q, k, v, mask, scale)
+        return online_softmax.fold_block(carry, q, k, v, mask, scale)
 
-    init = (
-        jnp.zeros((bq, head_dim), jnp.float32),
-        jnp.full((bq,), _MASKED, jnp.float32),
-        jnp.zeros((bq,), jnp.float32),
-    )
+    init = online_softmax.init(bq, head_dim)
     carry = lax.fori_loop(0, bounds_ref[2, i], prefix_body, init)
     acc, _, denom = lax.fori_loop(bounds_ref[0, i], bounds_ref[1, i], step_body, carry)
     # Every row sees at least its own key, so denom > 0.
