@@ -397,6 +397,15 @@ def _rms_rel(samples: list[Sample], coef: dict, residual: dict) -> float:
     return float(np.sqrt(np.mean(np.square(rel)))) if rel else 0.0
 
 
+def _mean_matched(coef: dict, samples: list[Sample]) -> dict:
+    """``coef`` with its constant shifted by the samples' mean residual (kept >= 0): the fit is on
+    relative error, but sums of steps follow the mean (as the shapes' residuals do for the device
+    terms)."""
+    c = np.array([coef[f] for f in FEATURES])
+    shift = float(np.mean([s.seconds - np.dot(c, s.features) for s in samples]))
+    return coef | {"const": max(0.0, coef["const"] + shift)}
+
+
 def fit_cost_model(
     design: list[Sample],
     serving: list[Sample],
@@ -422,12 +431,7 @@ def fit_cost_model(
         if _rms_rel(mixes, *with_lora) < 0.9 * _rms_rel(mixes, coef, residual):
             coef, residual = with_lora
         host_kind = [s for s in host if s.kind == kind]
-        host_coef, _ = fit_step_model(host_kind, HOST_FEATURES)
-        # The fit is on relative error; sums of steps follow the mean: shift the constant by the
-        # mean residual (as the shapes' residuals do for the device terms).
-        c = np.array([host_coef[f] for f in FEATURES])
-        shift = float(np.mean([s.seconds - np.dot(c, s.features) for s in host_kind]))
-        host_coef["const"] = max(0.0, host_coef["const"] + shift)
+        host_coef = _mean_matched(fit_step_model(host_kind, HOST_FEATURES)[0], host_kind)
         fit[kind] = {
             "design": fit_errors([s for s in design if s.kind == kind], coef, residual),
             "serving": fit_errors([s for s in serving if s.kind == kind], coef, residual),
@@ -443,10 +447,7 @@ def fit_cost_model(
         features = DEVICE_FEATURES + tuple(
             f for f in LORA_FEATURES if fit["decode"]["device_coef"].get(f)
         )
-        coef, _ = fit_step_model(list(overlapped), features)
-        c = np.array([coef[f] for f in FEATURES])
-        shift = float(np.mean([s.seconds - np.dot(c, s.features) for s in overlapped]))
-        coef["const"] = max(0.0, coef["const"] + shift)  # sums of steps follow the mean
+        coef = _mean_matched(fit_step_model(list(overlapped), features)[0], list(overlapped))
         fit["decode_overlap"] = fit_errors(list(overlapped), coef, {})
         overlap_terms = {"decode_overlap": coef, "decode_host": fit["decode"]["host_coef"]}
     model = CostModel(
