@@ -356,3 +356,44 @@ def test_a_gpu_cost_model_names_its_step_settings():
     assert setting["graph_scheduling"] == "serialize" and setting["stage_host_inputs"] is False
     cpu = CostModel.load_file(default_cost_model_path("tiny"))
     assert not {"graph_scheduling", "stage_host_inputs"} & set(calibrated_setting(cpu))
+
+
+def test_calibration_fits_overlapped_decode_steps():
+    """An engine that overlaps has its decode steps also timed back to back as overlap runs
+    them: the cost model gets ``decode_overlap`` and ``decode_host`` terms, and a simulated engine
+    on that model overlaps. (Timings on a CPU: the terms are checked for presence, not size.)"""
+    from jlora.sim.calibrate import Design, calibrate
+
+    engine = Engine(
+        _config(
+            lora_paths={"a0": "dummy:8"},
+            max_loras_per_batch=1,
+            max_running_requests=8,
+            max_prefill_tokens=128,
+            prefill_token_buckets=(128,),
+            decode_batch_buckets=(8,),
+            kv_len_buckets=(128,),
+            context_length=128,
+            overlap_schedule=True,
+        )
+    )
+    assert engine._overlap
+    design = Design(
+        reps=1,
+        warm=0,
+        fills=(1.0,),
+        mixes=("none",),
+        load_ranks=(8,),
+        load_reps=1,
+        serving_requests=16,
+        serving_max_len=32,
+        overlap_steps=2,
+    )
+    cost = calibrate(engine, design, log=lambda m: None)
+    assert cost.models_overlap and cost.decode_overlap["const"] > 0
+    assert cost.info["fit"]["decode_overlap"]["samples"] >= 1
+    assert cost.info["calibrated_with"]["overlap_schedule"] is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny test model against its own setting
+        sim = make_sim_engine(_config(overlap_schedule=True), cost=cost)
+    assert sim._overlap
