@@ -395,11 +395,10 @@ def test_the_scheduler_guarantees_progress_whatever_the_policy():
 
 
 # ---------------------------------------------------------------- fair
-def _fair_round(max_new_tokens: int) -> float:
-    """One round of ``fair``'s bound (its docstring): ``max(T, R) + GRACE + step``, R the
-    residency of requests of at most ``max_new_tokens`` (the fake runner's loads take no time)."""
-    residency = max_new_tokens * T_DECODE  # at most: the mean generation time
-    return max(THRESHOLD, residency) + FairDrainer.GRACE + STEP
+def _fair_round() -> float:
+    """One round of ``fair``'s bound (its docstring): ``T + R + GRACE + step``, R at most the
+    residency, which is ``T`` here (the fake runner's loads take no time)."""
+    return THRESHOLD + THRESHOLD + FairDrainer.GRACE + STEP
 
 
 @pytest.mark.parametrize("gap", [0.1, T_DECODE])
@@ -407,7 +406,7 @@ def _fair_round(max_new_tokens: int) -> float:
 def test_fair_seats_the_cold_adapter_within_its_bound(n, gap):
     r = run(hot_stream(n, gap) + [COLD], threshold=THRESHOLD, policy="fair")
     cold = r.of("cold")[0]
-    assert ttft(cold) <= _fair_round(HOT_LEN) + T_PREFILL + 1e-9
+    assert ttft(cold) <= _fair_round() + T_PREFILL + 1e-9
     assert all(h.num_preemptions == 0 for h in r.reqs)
 
 
@@ -425,7 +424,7 @@ def _skewed_stream(seed: int, n: int = 200) -> list[tuple[float, str, int]]:
 def test_fair_lets_nobody_starve_under_random_skewed_arrivals():
     # Six adapters, three slots: at most three lack a slot, and they get one at worst one after
     # another through a single rotating slot, a round of the bound each.
-    worst = 4 * _fair_round(60) + T_PREFILL
+    worst = 4 * _fair_round() + T_PREFILL
     fair_max, off_max = [], []
     for seed in range(8):
         work = _skewed_stream(seed)

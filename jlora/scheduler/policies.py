@@ -19,12 +19,11 @@ Every policy is consulted once per admission round of :meth:`Scheduler.schedule
   (``max_new_tokens - generated``) of its running requests; then the marks ``victim -> starved``
   are set and cleared. O(requests).
 * ``pauses``: the running requests to pause now (``preempt`` and ``fair``).
-* ``order``: the walk's order: FCFS by ``wait_since``, paused requests first; ``preempt`` puts
-  the requests of the adapters past the threshold before all others, ``fair`` too, taking those
-  adapters' requests in turns.
+* ``order``: the walk's order: FCFS by ``wait_since``, paused requests first; ``preempt`` and
+  ``fair`` put the requests of the adapters past the threshold before all others.
 * ``holds``: slots kept for a starved adapter until it runs (``reserve``, ``preempt``, ``fair``).
 * ``may_admit``: the draining adapter's admission tolerance (``sglang`` and ``reserve``); a
-  victim admits nothing new (``preempt``) or only what was queued when it was marked (``fair``).
+  victim admits nothing new (``preempt`` and ``fair``).
 
 The scheduler, not the policy, guarantees progress: after ``progress_bound`` rounds without a
 token it sets the policy's pauses and holds aside until one comes (:class:`Scheduler
@@ -51,10 +50,11 @@ between every two steps):
   ``max_loras_per_batch`` adapters (minus pinned ones) pass the threshold within one step (each
   extra batch of that many adds a round). Trades: the victim's requests stall (their time per
   output token grows by the pause) and their KV pages stay allocated while paused; slot loads grow.
-* ``fair`` (:class:`FairDrainer`): keeps the busiest adapters, gates a victim at ``T / 2`` and
-  pauses at ``T`` only what would not finish within ``GRACE``, with a residency of half a mean
-  generation time. Bound: ``max(T, R) + GRACE + step`` per round of starving adapters (its
-  docstring). Trades less median TTFT and E2E than ``preempt`` for a looser bound.
+* ``fair`` (:class:`FairDrainer`): ``preempt``'s rotation, but the busiest adapters are never
+  victims, the victim is the one whose pause stalls the fewest requests, and a victim's request
+  that would finish within ``GRACE`` is let finish. Bound: ``preempt``'s plus ``GRACE``, for as
+  many starving adapters at once as there are slots not held by the busiest (its docstring).
+  Trades the same as ``preempt``, on fewer requests.
 
 How each fares against the drainer off over the workload suite (bursty, skewed, many adapters,
 trace replay, in the simulator): ``experiments/results/policy_suite.md``.
@@ -67,7 +67,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from jlora.scheduler.request import Request, Status
-from jlora.scheduler.scheduler import FCFS, Adapter, Scheduler, running_mean
+from jlora.scheduler.scheduler import FCFS, Adapter, Scheduler
 
 __all__ = [
     "DRAIN_POLICIES",
@@ -438,87 +438,50 @@ class PreemptDrainer(ReserveDrainer):
 
 
 class FairDrainer(PreemptDrainer):
-    """Fair slot scheduling: every adapter's wait for a slot bounded near the threshold ``T``,
-    disturbing as few requests as the bound allows and never the busiest adapters.
+    """Fair slot scheduling: ``preempt``'s rotation, taking from each rotation as few requests as
+    it can and never the busiest adapters.
 
-    State kept: the drain marks (victim -> starved adapter) and when each was made; a running mean
-    of the requests' ``max_new_tokens``; from the scheduler, when each running adapter sat down
-    and the measured decode-step and load times.
+    State kept: the drain marks (victim -> starved adapter) and, from the scheduler, when each
+    running adapter sat down and the measured decode-step and load times. Nothing else: no
+    counters, no history.
 
-    Decided each round (host state only, O(requests)):
+    Decided each round (host state only, O(requests)), as ``preempt`` does except where said:
 
-    * **Hot** adapters are those with at least their share of the demand (running, waiting and
-      paused requests over the slots): they are never victims. Where off's median lives.
-    * An adapter with no slot whose oldest request (waiting or paused) has waited ``T / 2`` is
-      *starving*. Most starved first, as many as there are slots held by adapters that are not
-      hot and not already draining, each gets a victim: the not-hot running adapter whose pause
-      would disturb the fewest requests (its waiting ones and those with more than ``GRACE``
-      seconds left), then the smallest largest remaining budget; once it has held its slot for
-      its **residency** (below). A busier adapter is never taken instead of it: if it is within
-      its residency, nobody is.
-    * The victim is **gated**: it admits only what was queued when it was marked, and its slot is
-      held for the starved adapter. When the starved adapter's wait reaches ``T``, the victim's
-      decoding requests with more than ``GRACE`` seconds left (by the measured decode step) are
-      **paused** (KV kept, resumed from their cache: the tokens of an unpaused run); those about
-      to finish are let finish. Nobody is paused under overload (as ``preempt``); a request
-      mid-prefill is paused only once its prefill is done (as ``preempt``).
-    * The walk takes the starved adapters' requests first, in turns (each adapter's oldest, then
-      each one's second...), so one adapter's backlog does not spend the prefill budget while
-      the slots freed for the others stay empty; then paused, then waiting requests.
+    * An adapter with no slot whose oldest request (waiting or paused) has waited past ``T`` is
+      *starving*; most starved first, each gets a victim, whose slot is then held for it.
+    * **Hot** adapters (running, with at least their share of the demand: running, waiting and
+      paused requests over the slots) are never victims: where off's median lives. While some
+      adapter without a slot has demand, at least one slot holder is not hot (the holders'
+      demand would otherwise sum past the total), so a victim always exists once its residency
+      is over.
+    * The victim is the not-hot running adapter past its residency (``preempt``'s: ``max(T,
+      SWAPS_PER_RESIDENCY loads)``) whose pause would **hurt** the fewest requests (running ones
+      with more than ``GRACE`` seconds left at the measured decode step), then the smallest
+      largest remaining budget.
+    * The victim admits nothing new; its decoding requests with more than ``GRACE`` seconds
+      left are **paused** at once (KV kept, resumed from their cache: the tokens of an unpaused
+      run); those about to finish are let finish, and the slot changes hands when they have.
+      Nobody is paused under overload (``preempt``'s test); a request mid-prefill is paused once
+      its prefill is done.
 
-    Residency (the quantum): ``RESIDENCY_GENERATIONS`` times the mean generation time of a request
-    (the mean ``max_new_tokens`` times the measured decode step), shared among the starving
-    adapters when they outnumber the slots (times slots / starving), and at least
-    ``SWAPS_PER_RESIDENCY`` adapter loads' time. It does not depend on ``T``: a short threshold
-    makes no pause sooner than a good part of a request can run, which is what kept ``preempt``
-    from collapsing at short thresholds.
-
-    Bound on a wait for a slot: ``max(T, R) + GRACE + step`` plus a prefill step, ``R`` what is
-    left of the victim's residency, for the first starving adapters, as many as there are
-    rotating slots; each further such batch waits one more round. Conditions as ``preempt``'s
-    (pages and ``max_running_requests`` allow; no overload). Trades: a gated victim's new
-    requests wait for its drain, then for a slot (median TTFT); a paused request stalls for a
-    round (E2E); each swap costs a load on both sides. Measured over the workload suite:
-    ``experiments/results/policy_suite.md``.
+    Bound on a wait for a slot: ``T + R + GRACE + step`` plus the prefill steps of a victim's
+    request caught mid-prefill, ``R`` what is left of the victim's residency, for as many starving
+    adapters at once as there are unpinned slots not held by hot adapters; each further such batch
+    waits one more round. Conditions as ``preempt``'s (pages and ``max_running_requests`` allow;
+    no overload). Trades: a paused request stalls until its adapter sits again (E2E); each swap
+    costs a load on both sides. Against ``preempt``, whose mechanism it keeps: fewer requests
+    paused per rotation, none near its end, and none of the busiest adapters'. How it fares over
+    the workload suite: ``experiments/results/policy_suite.md``.
     """
 
     name = "fair"
     GRACE = 0.5
     """Seconds: a victim's request that would finish within this is never paused."""
-    RESIDENCY_GENERATIONS = 0.5
-    """The residency, in mean generation times. Over the workload suite (simulator, H100 cost
-    model) half of one met the targets in more cells than one (it held slots too long for the
-    P99 TTFT bound) or the threshold (it paused too often for median E2E)."""
 
     def __init__(self, threshold: float):
         super().__init__(threshold)
-        self.marked_at: dict[Adapter, float] = {}
-        """When each victim was marked: it admits only requests queued by then."""
         self.hot: set[Adapter] = set()
         """Running adapters with at least their share of the demand (never victims)."""
-        self.mean_budget: float | None = None
-        """Running mean of the requests' ``max_new_tokens`` (the residency's unit)."""
-        self._last_rid = -1  # the newest request folded into mean_budget
-
-    @property
-    def starved_after(self) -> float:
-        return self.threshold / 2
-
-    def before_prefill(self, sched: Scheduler, now: float) -> None:
-        before = set(self.marks)
-        super().before_prefill(sched, now)
-        for victim in before - set(self.marks):
-            del self.marked_at[victim]
-        for victim in set(self.marks) - before:
-            self.marked_at[victim] = now
-
-    def residency(self, sched: Scheduler) -> float:
-        quantum = 0.0
-        if self.mean_budget is not None and sched.decode_seconds:
-            quantum = self.RESIDENCY_GENERATIONS * self.mean_budget * sched.decode_seconds
-            if len(self.starved) > sched.adapters.num_slots:
-                quantum *= sched.adapters.num_slots / len(self.starved)
-        return max(quantum, self.SWAPS_PER_RESIDENCY * (sched.load_seconds or 0.0))
 
     def _starving(self, sched: Scheduler, running: set[Adapter]) -> list[Adapter]:
         need = super()._starving(sched, running)
@@ -527,53 +490,33 @@ class FairDrainer(PreemptDrainer):
             demand[a] = demand.get(a, 0) + n
         share = sum(demand.values()) / sched.adapters.num_slots
         self.hot = {a for a in running if demand.get(a, 0) >= share}
-        rotating = sched.adapters.num_slots - len(self.hot) - len(self.marks)
-        return need[: max(0, rotating)]
+        return need
+
+    def _hurt(self, sched: Scheduler) -> dict[Adapter, int]:
+        """Per running adapter, its requests that a pause would stall: more than ``GRACE``
+        seconds left at the measured decode step."""
+        step = sched.decode_seconds or 0.0
+        hurt: dict[Adapter, int] = {}
+        for r in sched.running:
+            if r.remaining_budget * step > self.GRACE:
+                hurt[r.lora_name] = hurt.get(r.lora_name, 0) + 1
+        return hurt
 
     def _victim(self, sched: Scheduler, running: set[Adapter], starved: Adapter) -> Adapter | None:
-        candidates = [
-            a for a in ReserveDrainer._eligible(self, sched, running) if a not in self.hot
-        ]
+        candidates = [a for a in self._eligible(sched, running) if a not in self.hot]
         if not candidates:
             return None
-        step = sched.decode_seconds or 0.0
-        hurt = {a: self._stat(a).waiting for a in candidates}
-        for r in sched.running:
-            if r.lora_name in hurt and r.remaining_budget * step > self.GRACE:
-                hurt[r.lora_name] += 1
-        victim = min(candidates, key=lambda a: (hurt[a], self._left(sched, a), _name_key(a)))
-        seated = sched.seated_since.get(victim, -math.inf)
-        return victim if seated <= self.now - self.residency(sched) else None
+        hurt = self._hurt(sched)
+        return min(
+            candidates, key=lambda a: (hurt.get(a, 0), self._left(sched, a), _name_key(a))
+        )
 
     def _victims_to_pause(self, sched: Scheduler, now: float) -> list[Request]:
         step = sched.decode_seconds or 0.0
-        due = {v for v, b in self.marks.items() if self._stat(b).longest_wait >= self.threshold}
         return [
             r
             for r in sched.running
-            if r.lora_name in due and not r.in_prefill and r.remaining_budget * step > self.GRACE
+            if r.lora_name in self.marks
+            and not r.in_prefill
+            and r.remaining_budget * step > self.GRACE
         ]
-
-    def order(self, queue: list[Request], now: float) -> list[Request]:
-        for r in queue:  # rids only grow: fold in the budgets of requests not seen before
-            if r.rid > self._last_rid:
-                self.mean_budget = running_mean(self.mean_budget, r.params.max_new_tokens, 0.05)
-                self._last_rid = r.rid
-        rank = {a: i for i, a in enumerate(self.starved)}
-        turn: dict[int, int] = {}  # rid -> its place among its starved adapter's requests
-        taken: dict[Adapter, int] = {}
-        for r in sorted(queue, key=lambda r: (r.wait_since, r.rid)):
-            if r.lora_name in rank:
-                turn[r.rid] = taken.get(r.lora_name, 0)
-                taken[r.lora_name] = turn[r.rid] + 1
-
-        def key(r: Request) -> tuple:
-            if r.lora_name in rank:
-                return (0, turn[r.rid], rank[r.lora_name], r.wait_since, r.rid)
-            return (1, r.status != Status.PAUSED, r.wait_since, r.rid, 0)
-
-        return sorted(queue, key=key)
-
-    def may_admit(self, sched: Scheduler, req: Request, now: float) -> bool:
-        marked = self.marked_at.get(req.lora_name)
-        return marked is None or req.wait_since <= marked
