@@ -17,127 +17,53 @@ do not sit in L2 across layers). Times are wall-clock medians of pipelined calls
 on random non-zero data; ``kernels`` is the sum of the kernels' own durations (CUPTI), so
 ``time - kernels`` is launch overhead. The floor is the bytes a fused implementation must move
 (each used adapter's weights at its own rank, each group's input once and its output once) over
-the copy ceiling.
+the copy ceiling. Before the table the GPU kernels are checked against a float32 oracle
+(``--no-check`` skips it).
 
-    PYTHONPATH=. python3 experiments/bench_kernels.py            # full run, writes the results
-    PYTHONPATH=. python3 experiments/bench_kernels.py --tune     # also tune the GPU block sizes
-    JAX_PLATFORMS=cpu PYTHONPATH=. python3 experiments/bench_kernels.py --small  # CPU smoke run
+    PYTHONPATH=. python experiments/bench_kernels.py             # full run, writes kernels.md
+    PYTHONPATH=. python experiments/bench_kernels.py --blocks tuned.json  # with tuned blocks
+    JAX_PLATFORMS=cpu PYTHONPATH=. python experiments/bench_kernels.py --small  # CPU smoke run
+
+The other kernel experiments: ``tune_kernel_blocks.py`` (the GPU block sizes; its ``--json`` is
+what ``--blocks`` reads), ``bench_xla_flags.py`` (launch cost under XLA flag sets, which runs this
+script's T=1 and T=64 steps in subprocesses) and ``bench_kernels_mgpu.py`` (a Mosaic GPU grouped
+matmul). What they share is :mod:`jlora.bench.kernel_bench`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
 import functools
 import gc
 import json
 import os
-import platform
-import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jlora.bench.kernel_bench import (
+    COPY_CEILING,
+    SCENARIOS,
+    floor_bytes,
+    group_weights,
+    kernel_time,
+    log,
+    make_inputs,
+    mask_ranks,
+    parser,
+    rel_err,
+    routing,
+    wall_time,
+    write_results,
+)
+from jlora.bench.results_file import run_header
 from jlora.kernels import tuned_blocks
 from jlora.kernels.lora_gpu import lora_group_gpu
 from jlora.kernels.lora_xla import lora_group_ref
-from jlora.kernels.tuned_blocks import GpuBlocks, gpu_blocks, token_bucket
+from jlora.kernels.tuned_blocks import GpuBlocks, gpu_blocks
 from jlora.kernels.types import LoraGroup, make_lora_batch
-
-COPY_CEILING = 2.9e12  # bytes/s, the H100's device-to-device copy (read + write)
-
-# group -> (d_in, out_sizes) of Llama-3.1-8B (hidden 4096, kv 1024, intermediate 14336)
-LLAMA_8B = {
-    "qkv": (4096, (4096, 1024, 1024)),
-    "o": (4096, (4096,)),
-    "gate_up": (4096, (14336, 14336)),
-    "down": (14336, (4096,)),
-}
-SMALL = {
-    "qkv": (64, (64, 16, 16)),
-    "o": (64, (64,)),
-    "gate_up": (64, (128, 128)),
-    "down": (128, (64,)),
-}
-
-# name -> rank of each of the 8 slots (0 = empty slot), max rank 64
-SCENARIOS = {
-    "3x16": (16, 16, 16, 0, 0, 0, 0, 0),
-    "8_16_64": (8, 16, 64, 0, 0, 0, 0, 0),
-    "mixed8": (8, 8, 16, 16, 32, 32, 64, 64),
-}
-SCENARIO_TEXT = {
-    "3x16": "3 adapters of rank 16",
-    "8_16_64": "3 adapters of ranks 8, 16, 64",
-    "mixed8": "8 adapters of ranks 8, 8, 16, 16, 32, 32, 64, 64",
-}
-NUM_SLOTS, MAX_RANK = 8, 64
-
-
-def log(*a):
-    print(*a, flush=True)
-
-
-# ------------------------------------------------------------------------------------------------
-# Data.
-
-
-def make_weights(key, shapes, layers: int, dtype) -> list[dict[str, LoraGroup]]:
-    """Random full-rank slot buffers for every layer and group (ranks are masked per scenario)."""
-    out = []
-    for layer in range(layers):
-        groups = {}
-        for gi, (name, (d_in, outs)) in enumerate(shapes.items()):
-            ka, kb, ks = jax.random.split(jax.random.fold_in(key, layer * 8 + gi), 3)
-            a = jax.random.normal(ka, (NUM_SLOTS, len(outs), MAX_RANK, d_in), dtype) * (d_in**-0.5)
-            b = jax.random.normal(kb, (NUM_SLOTS, sum(outs), MAX_RANK), dtype) * 0.25
-            scale = jax.random.uniform(ks, (NUM_SLOTS, len(outs)), jnp.float32, 0.5, 2.0)
-            groups[name] = LoraGroup(a=a, b=b, scale=scale)
-        out.append(groups)
-    return out
-
-
-@jax.jit
-def _mask_ranks(group: LoraGroup, ranks: jax.Array) -> LoraGroup:
-    live = jnp.arange(group.a.shape[2])[None, :] < ranks[:, None]  # [S, R]
-    return LoraGroup(
-        a=group.a * live[:, None, :, None].astype(group.a.dtype),
-        b=group.b * live[:, None, :].astype(group.b.dtype),
-        scale=group.scale,
-    )
-
-
-def routing(num_tokens: int, ranks: tuple[int, ...]) -> np.ndarray:
-    """Tokens split evenly among the loaded adapters, in contiguous runs by ascending slot."""
-    live = [s for s, r in enumerate(ranks) if r > 0]
-    return np.array([live[t * len(live) // num_tokens] for t in range(num_tokens)], np.int32)
-
-
-def make_inputs(key, shapes, num_tokens: int, num_sets: int, dtype) -> list[dict[str, jax.Array]]:
-    return [
-        {
-            name: jax.random.normal(
-                jax.random.fold_in(key, 100 * i + gi), (num_tokens, d_in), dtype
-            )
-            for gi, (name, (d_in, _)) in enumerate(shapes.items())
-        }
-        for i in range(num_sets)
-    ]
-
-
-def floor_bytes(shapes, num_tokens: int, ranks: tuple[int, ...], token_slot, layers: int) -> int:
-    used = sorted(set(int(s) for s in token_slot if s >= 0))
-    rank_sum = sum(ranks[s] for s in used)
-    per_layer = 0
-    for d_in, outs in shapes.values():
-        per_layer += rank_sum * (len(outs) * d_in + sum(outs)) * 2  # A and B at own rank, bf16
-        per_layer += num_tokens * (d_in + sum(outs)) * 2  # input once, output once
-    return per_layer * layers
-
 
 # ------------------------------------------------------------------------------------------------
 # Methods: (x [T, d_in], group, batch, out_sizes, extra) -> delta (array or tuple of per-module).
@@ -223,48 +149,7 @@ def make_step(method, shapes, layers: int, num_sets: int):
 
 
 # ------------------------------------------------------------------------------------------------
-# Timing.
-
-
-def wall_time(f, args, reps: int, inner: int) -> float:
-    """Median seconds per call over ``reps`` runs of ``inner`` pipelined calls."""
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            out = f(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / inner)
-        del out
-    return statistics.median(times)
-
-
-def kernel_time(f, args, iterations: int = 5):
-    """(median summed kernel ms, kernels per call) by CUPTI, or (None, None) where unavailable."""
-    try:
-        from jax.experimental.mosaic.gpu import profiler
-
-        _, runs = profiler.measure(f, aggregate=False, iterations=iterations)(*args)
-        if runs and isinstance(runs[0], tuple):
-            runs = [runs]
-        sums = [sum(ms for _, ms in run) for run in runs]
-        return statistics.median(sums), len(runs[0])
-    except Exception as e:  # noqa: BLE001 - a profiler failure must not stop the benchmark
-        log(f"  (CUPTI timing unavailable: {type(e).__name__}: {str(e)[:200]})")
-        return None, None
-
-
-def rel_err(got, want) -> float:
-    got = np.asarray(jnp.asarray(got, jnp.float32))
-    want = np.asarray(jnp.asarray(want, jnp.float32))
-    if not np.isfinite(got).all():
-        return float("inf")
-    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
-
-
-# ------------------------------------------------------------------------------------------------
-# Checks and tuning (single group calls).
+# Checks on the device (single group calls).
 
 
 @functools.partial(jax.jit, static_argnames=("outs",))
@@ -290,7 +175,7 @@ def check_kernels(shapes, weights, tokens, interpret) -> list[str]:
             slot[boundary - 3 : boundary] = -1
         batch = make_lora_batch(slot, np.array(ranks, np.int32))
         for gi, (name, (d_in, outs)) in enumerate(shapes.items()):
-            group = _mask_ranks(weights[0][name], jnp.array(ranks, jnp.int32))
+            group = mask_ranks(weights[0][name], jnp.array(ranks, jnp.int32))
             kx = jax.random.fold_in(key, ti * 10 + gi)
             x = jax.random.normal(kx, (num_tokens, d_in), jnp.bfloat16)
             oracle = _oracle(x, group, batch, outs)
@@ -316,312 +201,31 @@ def check_kernels(shapes, weights, tokens, interpret) -> list[str]:
     return lines
 
 
-def tune_candidates(num_tokens: int, d_in: int, outs) -> list[GpuBlocks]:
-    """Tilings to try: (block_t, block_k at rank 16, block_o, o_chunk, split_k, warps, stages)."""
-    long_k = d_in > 2 * sum(outs)
-    g = GpuBlocks
-    if num_tokens <= 256:
-        c = [
-            g(16, 1024, 256, 512, 0, 4, 3),
-            g(16, 1024, 256, 1024, 0, 4, 3),
-            g(16, 1024, 256, 256, 0, 4, 3),
-            g(16, 2048, 256, 512, 0, 8, 2),
-            g(16, 512, 128, 512, 0, 4, 3),
-        ]
-        if num_tokens >= 64:
-            c.append(g(32, 1024, 256, 512, 0, 4, 3))
-        for split in (4, 7) if long_k else (2, 4):
-            c.append(g(16, 1024, 256, 512, split, 4, 3))
-    else:
-        c = [
-            g(16, 1024, 256, 16384, 0, 4, 3),
-            g(32, 1024, 256, 16384, 0, 4, 3),
-            g(64, 512, 256, 16384, 0, 8, 2),
-            g(32, 1024, 256, 4096, 0, 4, 3),
-            g(16, 1024, 256, 4096, 0, 4, 3),
-            g(128, 256, 128, 16384, 0, 8, 2),
-        ]
-        if long_k:
-            c.append(g(32, 1024, 256, 4096, 4, 4, 3))
-        else:
-            c.append(g(16, 1024, 256, 16384, 2, 4, 3))
-    return c
+def pallas_blocks_fn(split_decode: bool):
+    """The block sizes of the pallas method: the tuned table, or with ``split_decode`` the
+    two-launch form at decode sizes (to weigh its launches in a step)."""
+    if not split_decode:
+        return gpu_blocks
+
+    def blocks_fn(num_tokens, d_in, outs):
+        blocks = gpu_blocks(num_tokens, d_in, outs)
+        if num_tokens > 64:
+            return blocks
+        units = d_in // blocks.block_k
+        return dataclasses.replace(blocks, split_k=units // 2 if units > 4 else units)
+
+    return blocks_fn
 
 
-def tune(shapes, weights, tokens, deadline: float, launch_ms: float) -> dict:
-    """CUPTI kernel time of each candidate tiling per (group, token count), scenario 3x16;
-    the split form pays ``launch_ms`` more for its second launch."""
-    ranks = SCENARIOS["3x16"]
-    best = {}
-    for num_tokens in tokens:
-        batch = make_lora_batch(routing(num_tokens, ranks), np.array(ranks, np.int32))
-        for name, (d_in, outs) in shapes.items():
-            group = _mask_ranks(weights[0][name], jnp.array(ranks, jnp.int32))
-            x = jax.random.normal(jax.random.key(num_tokens), (num_tokens, d_in), jnp.bfloat16)
-            results = []
-            for blocks in tune_candidates(num_tokens, d_in, outs):
-                if time.time() > deadline:
-                    log("  tune: out of time")
-                    return best
-                f = jax.jit(functools.partial(lora_group_gpu, out_sizes=outs, blocks=blocks))
-                try:
-                    t0 = time.perf_counter()
-                    jax.block_until_ready(f(x, group, batch))
-                    compile_s = time.perf_counter() - t0
-                    ms, nk = kernel_time(f, (x, group, batch), iterations=10)
-                    if ms is None:  # no CUPTI: pipelined wall time, an upper bound
-                        ms = wall_time(f, (x, group, batch), 5, 50) * 1e3
-                except Exception as e:  # noqa: BLE001 - a failing tiling is skipped, and reported
-                    log(f"  tune T={num_tokens} {name} {blocks}: {type(e).__name__} {str(e)[:300]}")
-                    continue
-                # a second launch costs about a launch gap more than its kernel time
-                cost = ms + (launch_ms if blocks.split_k else 0.0)
-                results.append((cost, ms, compile_s, blocks))
-                us = ms * 1e3
-                log(f"  tune T={num_tokens:5d} {name:8s} {us:8.1f} us ({compile_s:.1f} s) {blocks}")
-            if results:
-                results.sort(key=lambda r: r[0])
-                cost, ms, _, blocks = results[0]
-                best[(token_bucket(num_tokens), d_in, sum(outs))] = blocks
-                log(f"BEST T={num_tokens} {name}: {ms * 1e3:.1f} us {blocks}")
-    return best
-
-
-def mgpu_compare(shapes, weights, tokens) -> list[str]:
-    """The o_proj group through jax's Mosaic GPU grouped matmul (ragged_dot_mgpu), vs ours.
-
-    A Mosaic GPU data point for the choice of lowering: shrink and expand as two Hopper
-    wgmma/TMA ragged dots over the slot-sorted tokens (at the padded rank), against our one
-    Triton launch; CUPTI kernel times and per-call-site compile times.
-    """
-    lines = []
-    try:
-        from jax.experimental.pallas.ops.gpu import ragged_dot_mgpu
-    except Exception as e:  # noqa: BLE001
-        return [f"mgpu: unavailable ({type(e).__name__}: {e})"]
-    ranks = SCENARIOS["3x16"]
-    d_in, outs = shapes["o"]
-    group = _mask_ranks(weights[0]["o"], jnp.array(ranks, jnp.int32))
-    for num_tokens in tokens:
-        slot = routing(num_tokens, ranks)
-        batch = make_lora_batch(slot, np.array(ranks, np.int32))
-        sizes = jnp.asarray(np.bincount(slot, minlength=NUM_SLOTS), jnp.int32)
-        x = jax.random.normal(jax.random.key(3), (num_tokens, d_in), jnp.bfloat16)
-        scale_tok = group.scale[jnp.asarray(slot), 0]
-
-        def mgpu(x, a, b, sizes, scale_tok):
-            h = ragged_dot_mgpu.ragged_dot(
-                x,
-                a,
-                group_sizes=sizes,
-                block_m=64,
-                block_n=64,
-                block_k=64,
-                max_concurrent_steps=4,
-                grid_block_n=1,
-                transpose_rhs=True,
-            )
-            h = (h.astype(jnp.float32) * scale_tok[:, None]).astype(b.dtype)
-            return ragged_dot_mgpu.ragged_dot(
-                h,
-                b,
-                group_sizes=sizes,
-                block_m=64,
-                block_n=128,
-                block_k=64,
-                max_concurrent_steps=1,
-                grid_block_n=1,
-                transpose_rhs=True,
-            )
-
-        ref = lora_group_ref(x, group, batch, outs)
-        for name, f, fargs in (
-            (
-                "mosaic-gpu ragged_dot x2",
-                jax.jit(mgpu),
-                (x, group.a[:, 0], group.b, sizes, scale_tok),
-            ),
-            (
-                "ours (triton, fused)",
-                jax.jit(functools.partial(lora_group_gpu, out_sizes=outs)),
-                (x, group, batch),
-            ),
-        ):
-            try:
-                t0 = time.perf_counter()
-                y = jax.block_until_ready(f(*fargs))
-                comp = time.perf_counter() - t0
-                ms, nk = kernel_time(f, fargs, iterations=10)
-                us = ms * 1e3 if ms else float("nan")
-                line = (
-                    f"o_proj T={num_tokens:5d} {name:26s} kernels {us:8.1f} us"
-                    f" ({nk} launches), first call {comp:.1f} s, rel err {rel_err(y, ref):.1e}"
-                )
-            except Exception as e:  # noqa: BLE001
-                line = f"o_proj T={num_tokens:5d} {name}: FAILED {type(e).__name__}: {str(e)[:300]}"
-            log(line)
-            lines.append(line)
-    return lines
-
-
-FLAG_SETS = {
-    "default": "",
-    "no-graphs": "--xla_gpu_enable_command_buffer=",
-    "graphs+custom": (
-        "--xla_gpu_enable_command_buffer=+CUSTOM_CALL --xla_gpu_graph_min_graph_size=1"
-        " --xla_gpu_require_exclusive_lock=true"
-    ),
-    "exclusive-lock": "--xla_gpu_require_exclusive_lock=true",
-}
-
-
-def ab_flag_sets(layers: int) -> tuple[str, list[str], float | None]:
-    """Time T=1 and T=64 steps (pallas, one-hot) under each XLA flag set, each in a fresh
-    process; return the fastest set for pallas, the report lines, and its cost per launch."""
-    import subprocess
-    import tempfile
-
-    best, lines, gap = ("", float("inf")), [], None
-    for name, flags in FLAG_SETS.items():
-        with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
-            cmd = [
-                sys.executable, __file__, "--tokens", "1,64", "--scenarios", "3x16",
-                "--methods", "pallas,onehot", "--no-check", "--reps", "5", "--out", "",
-                "--json", tmp.name, "--layers", str(layers), f"--xla-flags={flags}", "--no-copy",
-            ]  # fmt: skip
-            try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=200)
-                rows = json.load(open(tmp.name))["rows"] if r.returncode == 0 else None
-            except Exception as e:  # noqa: BLE001
-                rows, r = None, None
-                log(f"ab {name}: {type(e).__name__}: {e}")
-        if not rows:
-            tail = (r.stdout + r.stderr)[-600:] if r is not None else ""
-            line = f"ab {name:14s} FAILED: {tail}"
-        else:
-            t = {row["tokens"]: row for row in rows}
-            total = t[1].get("pallas_ms", float("inf")) + t[64].get("pallas_ms", float("inf"))
-            kern = t[1].get("pallas_kernels_ms")
-            n = t[1].get("pallas_kernels_n")
-            per = (t[1]["pallas_ms"] - kern) / n if kern is not None and n else None
-            line = (
-                f"ab {name:14s} pallas T=1 {t[1].get('pallas_ms', 0):.3f} ms, T=64 "
-                f"{t[64].get('pallas_ms', 0):.3f} ms; one-hot T=1 {t[1].get('onehot_ms', 0):.3f} "
-                f"ms, T=64 {t[64].get('onehot_ms', 0):.3f} ms; pallas kernels T=1 {kern} ms "
-                f"({n} launches) -> {per * 1e3 if per is not None else float('nan'):.1f} us "
-                "per launch beyond its kernel"
-            )
-            if total < best[1]:
-                best, gap = (flags, total), per
-        log(line)
-        lines.append(f"{line}  [XLA_FLAGS={flags!r}]")
-    return best[0], lines, gap
-
-
-# ------------------------------------------------------------------------------------------------
-# Main.
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", default="1,16,64,256,2048,8192")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS))
-    p.add_argument("--methods", default="pallas,onehot,gather,ragged,base")
-    p.add_argument("--layers", type=int, default=32)
-    p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--gather-max-tokens", type=int, default=256)
-    p.add_argument("--tune", action="store_true", help="tune GPU block sizes first (CUPTI)")
-    p.add_argument("--tune-tokens", default="16,64,256,2048")
-    p.add_argument("--no-check", action="store_true")
-    p.add_argument("--small", action="store_true", help="tiny dims, interpret mode (CPU smoke run)")
-    p.add_argument("--budget-s", type=float, default=540.0, help="stop starting work after this")
-    p.add_argument("--tune-budget-s", type=float, default=300.0, help="stop tuning after this")
-    p.add_argument("--mgpu", action="store_true", help="compare with a Mosaic GPU grouped matmul")
-    p.add_argument("--out", default="experiments/results/kernels.md")
-    p.add_argument("--json", default=None, help="also write raw results here")
-    p.add_argument("--check-tokens", default="1,37,300,2048")
-    p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for this run (before start-up)")
-    p.add_argument(
-        "--ab-flags",
-        action="store_true",
-        help="first time T=1,64 steps under each XLA flag set (subprocesses), keep the fastest",
-    )
-    p.add_argument("--launch-ms", type=float, default=None, help="cost of a launch when tuning")
-    p.add_argument("--no-copy", action="store_true", help="skip measuring the copy ceiling")
-    p.add_argument(
-        "--split-decode",
-        action="store_true",
-        help="pallas: the split (shrink, then expand) launch form for T <= 64",
-    )
-    args = p.parse_args(argv)
-    start = time.time()
-    deadline = start + args.budget_s
-    command = "PYTHONPATH=. python3 " + " ".join([sys.argv[0], *(argv or sys.argv[1:])])
-
-    # XLA reads XLA_FLAGS when the backend starts: decide them before touching a device.
-    ab_lines, launch_ms = [], args.launch_ms
-    if args.ab_flags:
-        flags, ab_lines, gap = ab_flag_sets(args.layers)
-        os.environ["XLA_FLAGS"] = flags
-        if launch_ms is None and gap is not None:
-            launch_ms = gap
-    elif args.xla_flags is not None:
-        os.environ["XLA_FLAGS"] = args.xla_flags
-    xla_flags = os.environ.get("XLA_FLAGS", "")
-    log(f"XLA_FLAGS={xla_flags!r}")
-    if launch_ms is None:
-        launch_ms = 0.005
-
-    shapes = SMALL if args.small else LLAMA_8B
-    interpret = args.small or jax.default_backend() == "cpu"
-    dev = jax.devices()[0]
-    device = f"{dev.device_kind} ({dev.platform})"
-    log(f"device {device}, jax {jax.__version__}, python {platform.python_version()}")
+def measure(args, shapes, weights, interpret, deadline, copy_bw) -> tuple[list[dict], dict]:
+    """One row per (scenario, token count): each method's step time, kernel time, error."""
     tokens = [int(t) for t in args.tokens.split(",")]
     scenarios = args.scenarios.split(",")
     methods = args.methods.split(",")
     dtype = jnp.bfloat16
-
     key = jax.random.key(0)
-    weights = make_weights(key, shapes, args.layers, dtype)
-    jax.block_until_ready(weights)
-    log(f"weights ready ({time.time() - start:.0f} s)")
-
-    copy_bw = None
-    if not interpret and not args.no_copy:
-        big = jnp.ones((1 << 30,), jnp.bfloat16)  # 2 GiB
-        cp = jax.jit(lambda a: a + 1)
-        copy_bw = 2 * big.nbytes / wall_time(cp, (big,), 5, 10)
-        del big
-        log(f"copy ceiling measured: {copy_bw / 1e12:.2f} TB/s (read + write)")
-
-    check_tokens = [int(t) for t in args.check_tokens.split(",")]
-    check_lines = [] if args.no_check else check_kernels(shapes, weights, check_tokens, interpret)
-    mgpu_lines = []
-    if args.mgpu and not interpret:
-        mgpu_lines = mgpu_compare(shapes, weights, (64, 2048))
-    tuned = {}
-    if args.tune and not interpret:
-        tune_tokens = [int(t) for t in args.tune_tokens.split(",")]
-        log(f"tuning with a launch costing {launch_ms * 1e3:.1f} us")
-        tuned = tune(shapes, weights, tune_tokens, start + args.tune_budget_s, launch_ms)
-        log("GPU_TUNED = {")
-        for k, v in tuned.items():
-            log(f"    {k}: {v!r},")
-        log("}")
-        tuned_blocks.GPU_TUNED.update(tuned)
-    blocks_fn = gpu_blocks
-    if args.split_decode:  # the two-launch form at decode sizes, to weigh its launches in a step
-
-        def blocks_fn(num_tokens, d_in, outs):
-            blocks = gpu_blocks(num_tokens, d_in, outs)
-            if num_tokens > 64:
-                return blocks
-            units = d_in // blocks.block_k
-            return dataclasses.replace(blocks, split_k=units // 2 if units > 4 else units)
-
     method_fns = {
-        "pallas": make_pallas(blocks_fn, interpret),
+        "pallas": make_pallas(pallas_blocks_fn(args.split_decode), interpret),
         "onehot": onehot_parts,
         "gather": gather_parts,
         "ragged": ragged_parts,
@@ -633,7 +237,7 @@ def main(argv=None) -> int:
     for sc in scenarios:
         ranks = SCENARIOS[sc]
         rank_arr = jnp.array(ranks, jnp.int32)
-        ws = [{n: _mask_ranks(g, rank_arr) for n, g in layer.items()} for layer in weights]
+        ws = [{n: mask_ranks(g, rank_arr) for n, g in layer.items()} for layer in weights]
         extras = {"none": extras_none}
         if "ragged" in methods:
             extras["ragged"] = [
@@ -730,35 +334,7 @@ def main(argv=None) -> int:
         if sc == scenarios[0]:
             base_w = None  # only the first scenario times the base projections
         gc.collect()
-
-    table = render(rows, methods)
-    log("\n" + table)
-    meta = {
-        "device": device,
-        "jax": jax.__version__,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command,
-        "copy_bw": copy_bw,
-        "layers": args.layers,
-        "compile_s": {f"{m} T={t}": round(s, 1) for (m, t), s in compile_times.items()},
-        "tuned": {str(k): repr(v) for k, v in tuned.items()},
-        "checks": check_lines,
-        "mgpu": mgpu_lines,
-        "xla_flags": xla_flags,
-        "blocks": {
-            f"T={t} {n}": repr(gpu_blocks(t, d, o)) for t in tokens for n, (d, o) in shapes.items()
-        },
-        "ab": ab_lines,
-    }
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "rows": rows}, fh, indent=1)
-    if args.out and not args.small:
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as fh:
-            fh.write(render_report(meta, table))
-        log(f"wrote {args.out}")
-    return 0
+    return rows, compile_times
 
 
 def render(rows, methods) -> str:
@@ -784,43 +360,146 @@ def render(rows, methods) -> str:
     return "\n".join(lines)
 
 
-def render_report(meta, table) -> str:
-    compile_lines = "\n".join(f"- {k}: {v} s" for k, v in meta["compile_s"].items())
-    extra = "\n".join(f"    {c}" for c in [*meta.get("ab", []), *meta.get("mgpu", [])])
-    blocks = "\n".join(f"- {k}: `{v}`" for k, v in meta.get("blocks", {}).items())
-    checks = "\n".join(f"    {c}" for c in meta["checks"]) or "    (not run)"
-    bw = f"{meta['copy_bw'] / 1e12:.2f} TB/s" if meta["copy_bw"] else "n/a"
-    return f"""# LoRA kernels: one step's LoRA work, Llama-3.1-8B, {meta["layers"]} layers
+# ------------------------------------------------------------------------------------------------
+# The table.
 
-- device: {meta["device"]}
-- jax: {meta["jax"]}
-- date: {meta["date"]}
-- command: `{meta["command"]}`
-- XLA_FLAGS: `{meta.get("xla_flags", "")}`
-- measured copy ceiling: {bw} (the floor column uses 2.9 TB/s)
 
-Times in ms per step (all 7 target modules of all layers, one jitted program, unrolled); 8 slots
-of max rank 64. `pallas kernels`: summed kernel time (CUPTI) and launches per step.
+def build_parser():
+    p = parser(__doc__.split("\n\n")[0], "experiments/results/kernels.md")
+    p.add_argument("--tokens", default="1,16,64,256,2048,8192")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS))
+    p.add_argument("--methods", default="pallas,onehot,gather,ragged,base")
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--gather-max-tokens", type=int, default=256)
+    p.add_argument("--no-check", action="store_true")
+    p.add_argument("--check-tokens", default="1,37,300,2048")
+    p.add_argument("--budget-s", type=float, default=540.0, help="stop starting work after this")
+    p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for this run (before start-up)")
+    p.add_argument("--no-copy", action="store_true", help="skip measuring the copy ceiling")
+    p.add_argument(
+        "--split-decode",
+        action="store_true",
+        help="pallas: the split (shrink, then expand) launch form for T <= 64",
+    )
+    p.add_argument(
+        "--blocks",
+        default=None,
+        help="the --json of tune_kernel_blocks.py: time with its tuned block sizes",
+    )
+    return p
 
-{table}
 
-## Correctness on the device (bf16, relative L2 error vs the float32 per-token oracle, output
-## poisoned with NaN before each run)
+def load_tuned(path: str) -> dict:
+    """The tuned entries of a ``tune_kernel_blocks.py --json`` file, into ``GPU_TUNED``."""
+    tuned = {tuple(e["key"]): GpuBlocks(**e["blocks"]) for e in json.load(open(path))["tuned"]}
+    tuned_blocks.GPU_TUNED.update(tuned)
+    return tuned
+
+
+def claims(rows, xla_flags: str, copy_bw) -> tuple[list[str], str]:
+    """The Current's claim lines against the targets, and the Log entry's one-line verdict."""
+    out, parts = [], []
+    at_2048 = [r for r in rows if r["scenario"] == "3x16" and r["tokens"] == 2048]
+    if at_2048 and "pallas_ms" in at_2048[0]:
+        ms = at_2048[0]["pallas_ms"]
+        met = "met" if ms <= 6.0 else "NOT met"
+        out.append(
+            f"- claim: 3 rank-16 adapters at 2048 tokens take {ms:.2f} ms (target 6 ms: {met})"
+        )
+        parts.append(f"{ms:.2f} ms at 2048 tokens for 3x16 (target 6 ms: {met})")
+    speedups = []
+    for r in rows:
+        base = [r[f"{m}_ms"] for m in ("onehot", "gather", "ragged") if f"{m}_ms" in r]
+        if base and r.get("pallas_ms"):
+            speedups.append(min(base) / r["pallas_ms"])
+    if speedups:
+        wins = sum(s >= 1 for s in speedups)
+        line = (
+            f"faster than the best XLA baseline at {wins} of {len(speedups)} points "
+            f"({min(speedups):.2f}x-{max(speedups):.2f}x)"
+        )
+        met = "met" if wins == len(speedups) else "NOT met"
+        out.append(f"- claim: {line} (target: at every point: {met})")
+        parts.append(line)
+    bw = f"{copy_bw / 1e12:.2f} TB/s" if copy_bw else "not measured"
+    flags = f"`{xla_flags}`" if xla_flags else "unset (default)"
+    out.append(f"- XLA_FLAGS: {flags}; copy ceiling: {bw} (the floor uses 2.9 TB/s)")
+    return out, "; ".join(parts) or "kernel table (no pallas timing)"
+
+
+def report(rows, methods, layers, check_lines, blocks, compile_times) -> str:
+    """The Log entry's body: the table, the on-device checks, the blocks, the compile times."""
+    compile_lines = "\n".join(f"- {m} T={t}: {s:.1f} s" for (m, t), s in compile_times.items())
+    checks = "\n".join(f"    {c}" for c in check_lines) or "    (not run)"
+    blocks = "\n".join(f"- {k}: `{v}`" for k, v in blocks.items())
+    return f"""Times in ms per step (all 7 target modules of all {layers} layers, one jitted
+program, unrolled); 8 slots of max rank 64. `pallas kernels`: summed kernel time (CUPTI) and
+launches per step.
+
+{render(rows, methods)}
+
+Correctness on the device (bf16, relative L2 error vs the float32 per-token oracle, output
+poisoned with NaN before each run):
 
 {checks}
 
-## Launch cost under XLA flag sets, and a Mosaic GPU data point
-
-{extra or "    (not run)"}
-
-## Block sizes used (jlora/kernels/tuned_blocks.py)
+Block sizes used (`jlora/kernels/tuned_blocks.py`):
 
 {blocks}
 
-## Start-up compile time (first call of each step program)
+Start-up compile time (first call of each step program):
 
-{compile_lines}
-"""
+{compile_lines}"""
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.time()
+    # XLA reads XLA_FLAGS when the backend starts: set them before touching a device.
+    if args.xla_flags is not None:
+        os.environ["XLA_FLAGS"] = args.xla_flags
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    log(f"XLA_FLAGS={xla_flags!r}")
+    tuned = load_tuned(args.blocks) if args.blocks else {}
+    header = run_header(argv)
+    log(f"device {header.device}, jax {header.jax}, python {header.python}")
+    shapes, weights, interpret = group_weights(args, args.layers)
+    log(f"weights ready ({time.time() - start:.0f} s)")
+
+    copy_bw = None
+    if not interpret and not args.no_copy:
+        big = jnp.ones((1 << 30,), jnp.bfloat16)  # 2 GiB
+        cp = jax.jit(lambda a: a + 1)
+        copy_bw = 2 * big.nbytes / wall_time(cp, (big,), 5, 10)
+        del big
+        log(f"copy ceiling measured: {copy_bw / 1e12:.2f} TB/s (read + write)")
+
+    check_tokens = [int(t) for t in args.check_tokens.split(",")]
+    check_lines = [] if args.no_check else check_kernels(shapes, weights, check_tokens, interpret)
+    rows, compile_times = measure(args, shapes, weights, interpret, start + args.budget_s, copy_bw)
+    methods = args.methods.split(",")
+    log("\n" + render(rows, methods))
+    tokens = [int(t) for t in args.tokens.split(",")]
+    blocks = {
+        f"T={t} {n}": repr(gpu_blocks(t, d, o)) for t in tokens for n, (d, o) in shapes.items()
+    }
+    claim_lines, verdict = claims(rows, xla_flags, copy_bw)
+    body = report(rows, methods, args.layers, check_lines, blocks, compile_times)
+    raw = {
+        "rows": rows,
+        "copy_bw": copy_bw,
+        "layers": args.layers,
+        "xla_flags": xla_flags,
+        "compile_s": {f"{m} T={t}": round(s, 1) for (m, t), s in compile_times.items()},
+        "checks": check_lines,
+        "blocks": blocks,
+        "tuned": {str(k): repr(v) for k, v in tuned.items()},
+    }
+    model = "small shapes (smoke run)" if args.small else "Llama-3.1-8B"
+    title = f"LoRA kernels: one step's LoRA work, {model}, {args.layers} layers"
+    write_results(args, header, title, claim_lines, verdict, body, raw)
+    return 0
 
 
 if __name__ == "__main__":

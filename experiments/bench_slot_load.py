@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 from jlora.bench.results_file import REPO_ROOT as ROOT
-from jlora.bench.results_file import command_line, git_commit
+from jlora.bench.results_file import command_line, git_commit, write_results_file
 
 RESULTS = ROOT / "experiments" / "results"
 
@@ -274,72 +274,89 @@ def _span(xs) -> str:
     return f"{_med(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
 
 
+def _row(table: dict, rank: int):
+    return table.get(str(rank)) or table.get(rank)
+
+
+def _label(data: dict) -> str:
+    return "CPU" if data["device"] == "cpu" else data["device"].upper()
+
+
+def figures(data: dict) -> dict:
+    """A run's figures against the targets: ``held`` (worst rank's median), ``usable`` and
+    ``exposed`` (ms added to the step that uses the slot) by rank, ``slowdown`` (the worst rank's
+    overlapped decode step, a fraction), ``old_held`` and ``speedup`` (rank 8, with ``--old``)."""
+    loads = data["loads"]["ranks"]
+    dec = (data.get("decode") or {}).get("ranks", {})
+    out: dict = {"held": max(_med(r["held_ms"]) for r in loads.values()), "usable": {}}
+    out["exposed"] = {}
+    for rank in TARGET_USABLE_MS:
+        if (row := _row(loads, rank)) is not None:
+            out["usable"][rank] = _med(row["usable_ms"])
+        if (drow := _row(dec, rank)) is not None:
+            out["exposed"][rank] = _med(drow["exposed_ms"]) - _med(drow["base_ms"])
+    if dec:
+        out["slowdown"] = max(_med(r["overlap_ms"]) / _med(r["base_ms"]) - 1 for r in dec.values())
+    r8 = _row(loads, 8)
+    if r8 is not None and "old_held_ms" in r8:
+        out["old_held"] = _med(r8["old_held_ms"])
+        out["speedup"] = out["old_held"] / _med(r8["held_ms"])
+    return out
+
+
 def verdicts(data: dict) -> list[str]:
     """The claims of one run against the issue's targets (a CPU's figures are labelled so)."""
     gpu = data["device"] != "cpu"
     where = f"{data['device_kind']}" + ("" if gpu else " (CPU figures, not GPU ones)")
-    loads, out = data["loads"]["ranks"], []
-    held = max(_med(r["held_ms"]) for r in loads.values())
+    f, out = figures(data), []
     out.append(
-        f"host loop held by a load (median, worst rank): {held:.2f} ms "
-        f"(target <= {TARGET_HELD_MS} ms): {'met' if held <= TARGET_HELD_MS else 'NOT met'}"
+        f"host loop held by a load (median, worst rank): {f['held']:.2f} ms "
+        f"(target <= {TARGET_HELD_MS} ms): {'met' if f['held'] <= TARGET_HELD_MS else 'NOT met'}"
     )
-    for rank, target in TARGET_USABLE_MS.items():
-        row = loads.get(str(rank)) or loads.get(rank)
-        if row is None:
-            continue
-        usable = _med(row["usable_ms"])
-        dec = (data.get("decode") or {}).get("ranks", {})
-        drow = dec.get(str(rank)) or dec.get(rank)
-        exposed = None if drow is None else _med(drow["exposed_ms"]) - _med(drow["base_ms"])
-        ok = usable <= target
+    for rank, usable in f["usable"].items():
+        target = TARGET_USABLE_MS[rank]
         line = f"rank-{rank} load usable after {usable:.2f} ms"
-        if exposed is not None:
-            line += f" ({max(exposed, 0.0):.2f} ms added to the step that uses it)"
-        out.append(f"{line} (target <= {target:g} ms): {'met' if ok else 'NOT met'}")
-    dec = (data.get("decode") or {}).get("ranks", {})
-    if dec:
-        worst = max(_med(r["overlap_ms"]) / _med(r["base_ms"]) - 1 for r in dec.values())
-        model = data["decode"]["model"]
+        if rank in f["exposed"]:
+            line += f" ({max(f['exposed'][rank], 0.0):.2f} ms added to the step that uses it)"
+        out.append(f"{line} (target <= {target:g} ms): {'met' if usable <= target else 'NOT met'}")
+    if "slowdown" in f:
         out.append(
-            f"decode step ({model}, batch {data['decode']['batch']}) overlapping a load: "
-            f"{100 * worst:+.1f}% (worst rank; target <= +{100 * TARGET_SLOWDOWN:.0f}%): "
-            f"{'met' if worst <= TARGET_SLOWDOWN else 'NOT met'}"
+            f"decode step ({data['decode']['model']}, batch {data['decode']['batch']}) "
+            f"overlapping a load: {100 * f['slowdown']:+.1f}% (worst rank; target <= "
+            f"+{100 * TARGET_SLOWDOWN:.0f}%): "
+            f"{'met' if f['slowdown'] <= TARGET_SLOWDOWN else 'NOT met'}"
         )
-    r8 = loads.get("8") or loads.get(8)
-    if r8 is not None and "old_held_ms" in r8:
-        speedup = _med(r8["old_held_ms"]) / _med(r8["held_ms"])
+    if "speedup" in f:
         target = f" (target >= {TARGET_CPU_SPEEDUP:g}x on a CPU)" if not gpu else ""
-        met = "" if gpu else (": met" if speedup >= TARGET_CPU_SPEEDUP else ": NOT met")
+        met = "" if gpu else (": met" if f["speedup"] >= TARGET_CPU_SPEEDUP else ": NOT met")
+        r8 = _row(data["loads"]["ranks"], 8)
         out.append(
             f"host work of a rank-8 load against the build before #17: "
-            f"{_med(r8['old_held_ms']):.1f} -> {_med(r8['held_ms']):.2f} ms = {speedup:.0f}x"
+            f"{f['old_held']:.1f} -> {_med(r8['held_ms']):.2f} ms = {f['speedup']:.0f}x"
             f"{target}{met}"
         )
     return [f"{where}: " + line for line in out]
 
 
 def summary(data: dict) -> str:
-    """One line of a run's figures, for its log entry."""
-    loads = data["loads"]["ranks"]
-    parts = [f"held {max(_med(r['held_ms']) for r in loads.values()):.2f} ms"]
+    """One line of a run's figures, for its log entry's heading."""
+    loads, f = data["loads"]["ranks"], figures(data)
+    parts = [f"held {f['held']:.2f} ms"]
     parts += [f"rank {k} usable {_med(r['usable_ms']):.2f} ms" for k, r in loads.items()]
-    dec = (data.get("decode") or {}).get("ranks", {})
-    if dec:
-        worst = max(_med(r["overlap_ms"]) / _med(r["base_ms"]) - 1 for r in dec.values())
-        parts.append(f"overlapped decode step {100 * worst:+.1f}% ({data['decode']['model']})")
-    r8 = loads.get("8") or loads.get(8)
-    if r8 is not None and "old_held_ms" in r8:
-        parts.append(f"rank-8 host work {_med(r8['old_held_ms']) / _med(r8['held_ms']):.0f}x less")
+    if "slowdown" in f:
+        parts.append(
+            f"overlapped decode step {100 * f['slowdown']:+.1f}% ({data['decode']['model']})"
+        )
+    if "speedup" in f:
+        parts.append(f"rank-8 host work {f['speedup']:.0f}x less")
     label = data["device_kind"] + ("" if data["device"] != "cpu" else " (CPU)")
     return f"{label}: " + ", ".join(parts)
 
 
 def device_section(data: dict, json_name: str) -> list[str]:
+    """A run's details and tables: the body of its Log entry."""
     s = data["setting"]
     lines = [
-        f"#### {data['device_kind']} ({data['device']})",
-        "",
         f"- commit {data['commit']}, {data['date']}; jax {data['jax']}; python {data['python']}; "
         f"host load average at start and end: {data.get('load_average', 'not recorded')} "
         f"({data.get('cores', '?')} cores)",
@@ -377,20 +394,84 @@ def device_section(data: dict, json_name: str) -> list[str]:
                 f"| {rank} | {_span(r['base_ms'])} | {_span(r['overlap_ms'])} | "
                 f"{_span(r['exposed_ms'])} |"
             )
-    return lines + [""]
+    return lines
 
 
-def render(results: Path, new: dict | None) -> Path:
+def current(runs: dict[str, dict]) -> list[str]:
+    """``## Current`` from the raw data of each device (``slot_load_<device>.json``): the
+    targets against the GPU run's figures (the CPU's where there is none), the CPU target
+    against the CPU run's."""
+    gpu = next((d for d in runs.values() if d["device"] != "cpu"), None)
+    cpu = next((d for d in runs.values() if d["device"] == "cpu"), None)
+    main = gpu or cpu
+    if main is None:
+        return ["- no run yet: `experiments/results/slot_load_<device>.json` holds a run's figures"]
+    f, s = figures(main), main["setting"]
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "missed"
+
+    who = ", ".join(
+        f"{_label(d)} `{d['commit']}` (jax {d['jax']}"
+        + (", adapters in pinned host memory)" if d["loads"]["pinned"] else ")")
+        for d in runs.values()
+    )
+    dates = ", ".join(sorted({d["date"] for d in runs.values()}))
+    held_by_rank = [_med(r["held_ms"]) for r in main["loads"]["ranks"].values()]
+    rows = [
+        (
+            f"host loop held by a load <= {TARGET_HELD_MS:g} ms",
+            f"{f['held']:.2f} ms (worst rank; {min(held_by_rank):.2f}-{max(held_by_rank):.2f} "
+            "ms over the ranks)",
+            met(f["held"] <= TARGET_HELD_MS),
+        )
+    ]
+    for rank, usable in f["usable"].items():
+        target = TARGET_USABLE_MS[rank]
+        rows.append(
+            (f"rank-{rank} load usable <= {target:g} ms", f"{usable:.2f} ms", met(usable <= target))
+        )
+    if "slowdown" in f:
+        rows.append(
+            (
+                f"decode step overlapping a load slowed <= {100 * TARGET_SLOWDOWN:.0f}%",
+                f"{100 * f['slowdown']:+.1f}%",
+                met(f["slowdown"] <= TARGET_SLOWDOWN),
+            )
+        )
+    speedup = figures(cpu).get("speedup") if cpu else None
+    if speedup is not None:
+        other = f" ({_label(gpu)}: {f['speedup']:.0f}x)" if gpu and "speedup" in f else ""
+        rows.append(
+            (
+                f"host work of a rank-8 load >= {TARGET_CPU_SPEEDUP:g}x less than before #17 (CPU)",
+                f"{speedup:.0f}x{other}",
+                met(speedup >= TARGET_CPU_SPEEDUP),
+            )
+        )
+    commands = "; ".join(f"`{d['command']}` ({_label(d)})" for d in runs.values())
+    names = ", ".join(f"`{name}`" for name in runs)
+    return [
+        f"- commits: {who}; {dates}; `{s['model']}` shapes, {s['slots']} slots, max rank "
+        f"{s['max_rank']}, {s['dtype']}",
+        f"- claim against issue #17's targets ({_label(main)} unless said):",
+        "",
+        "| target | figure | verdict |",
+        "| --- | --- | --- |",
+        *[f"| {t} | {fig} | {v} |" for t, fig, v in rows],
+        "",
+        f"- command: {commands}",
+        f"- raw data: {names} (in `experiments/results/`); the full tables are in the Log "
+        "entries below",
+    ]
+
+
+def render(results: Path, new: dict | None, new_name: str | None = None) -> Path:
+    """Rewrite ``slot_load.md``'s ``## Current`` from every ``slot_load_*.json`` of ``results``,
+    keeping its Log; a new run (``new``, written to ``new_name``) gets a Log entry on top."""
     md = results / "slot_load.md"
-    runs = sorted(results.glob("slot_load_*.json"))
-    log: list[str] = []
-    if md.is_file():
-        text = md.read_text()
-        if "## Log" in text:
-            log = text.split("## Log", 1)[1].strip("\n").splitlines()
-    if new is not None:
-        head = summary(new)
-        log = [f"### {new['date']} {new['commit']}: {head}", "", *log]
+    runs = {p.name: json.loads(p.read_text()) for p in sorted(results.glob("slot_load_*.json"))}
+    runs = dict(sorted(runs.items(), key=lambda run: run[1]["device"] == "cpu"))  # GPU first
     lines = [
         "# Slot loads (issue #17)",
         "",
@@ -403,11 +484,12 @@ def render(results: Path, new: dict | None) -> Path:
         "",
         "## Current",
         "",
+        *current(runs),
+        "",
     ]
-    for path in runs:
-        lines += device_section(json.loads(path.read_text()), path.name)
-    lines += ["## Log", "", *log, ""]
-    md.write_text("\n".join(lines))
+    verdict = summary(new) if new is not None else None
+    body = "\n".join(device_section(new, new_name)) if new is not None else ""
+    write_results_file(md, "\n".join(lines) + "\n", verdict, body=body)
     return md
 
 
@@ -415,12 +497,12 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    data = None
+    data = name = None
     if not args.render_only:
         data = run(args)
-        name = re.sub(r"[^a-z0-9]+", "-", data["device"])
-        (results / f"slot_load_{name}.json").write_text(json.dumps(data, indent=1) + "\n")
-    print(f"wrote {render(results, data)}")
+        name = "slot_load_" + re.sub(r"[^a-z0-9]+", "-", data["device"]) + ".json"
+        (results / name).write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {render(results, data, name)}")
 
 
 if __name__ == "__main__":

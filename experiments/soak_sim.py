@@ -198,18 +198,50 @@ def verdict(row: dict) -> bool:
     )
 
 
-def render(rows: list[dict], args, command: str) -> str:
+def _provenance(rows: list[dict]) -> str:
+    """Which commit ran each row (rows written before the rows kept it say so), the dates, the
+    devices and jax versions."""
+    by_commit: dict[str, list[str]] = {}
+    for r in rows:
+        by_commit.setdefault(r.get("commit", "not recorded"), []).append(
+            f"`{r['policy']}` {r['added']:,}"
+        )
+    commits = "; ".join(
+        f"{', '.join(runs)} " + ("(commit not recorded)" if c == "not recorded" else f"at `{c}`")
+        for c, runs in by_commit.items()
+    )
+
+    def seen(key: str) -> str:
+        return ", ".join(dict.fromkeys(str(r.get(key, "not recorded")) for r in rows))
+
+    return f"- commits: {commits}; {seen('date')}; device: {seen('device')}; jax {seen('jax')}"
+
+
+def render(rows: list[dict], args, command: str, raw: Path | None) -> str:
+    """The title and ``## Current``: the claim, the setting and a table row per run; ``raw``: the
+    JSON-lines file that keeps the rows (the table is rebuilt from it with ``--render``)."""
     ok = all(verdict(r) for r in rows)
     runs = ", ".join(f"{r['policy']} ({r['added']:,} requests)" for r in rows)
+    short = [r["policy"] for r in rows if r["added"] < args.requests]
+    full = {r["policy"] for r in rows if r["added"] >= args.requests}
+    short = [p for p in dict.fromkeys(short) if p not in full]
+    target = f"target: {args.requests:,} requests over {args.adapters} adapters, every policy"
+    if short:
+        target += f"; not run to it: {', '.join(f'`{p}`' for p in short)}"
+    raw_line = (
+        f"`{raw.resolve().relative_to(ROOT) if raw.resolve().is_relative_to(ROOT) else raw}` "
+        "(one JSON line per run; `--render` rebuilds this table from it)"
+        if raw
+        else "not kept (`--json FILE` keeps the rows)"
+    )
     lines = [
         "# Soak: a million requests through the simulator (issue #19)",
         "",
         "## Current",
         "",
-        *run_header(command=command).lines()[:1],
-        f"- model `{args.model}` (shipped H100 cost model)",
-        f"- claim: nothing lost, nothing wedged, memory flat: {'met' if ok else 'NOT met'} "
-        f"for {runs}",
+        _provenance(rows) + f"; model `{args.model}` (shipped H100 cost model)",
+        f"- claim ({target}): nothing lost, nothing wedged, memory flat: "
+        f"{'met' if ok else 'NOT met'} for {runs}",
         f"- command: `{command}`",
         f"- setting: {args.adapters} adapters (ranks {', '.join(map(str, RANKS))}, Zipf-skewed), "
         f"{args.slots} slots, host cache {args.host_cache}, {args.in_flight} in flight "
@@ -234,11 +266,8 @@ def render(rows: list[dict], args, command: str) -> str:
         "Peak RSS is the process's (`ru_maxrss`): in a run of several policies in one process, the "
         "largest so far.",
         "",
-        "Raw data:",
+        f"Raw data: {raw_line}.",
         "",
-        "```",
-        *[json.dumps(r) for r in rows],
-        "```",
         "",
     ]
     return "\n".join(lines)
@@ -276,11 +305,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.render:
         rows = [json.loads(line) for line in args.render.read_text().splitlines()]
-        _write(rows, args, args.command or "")
+        _write(rows, args, args.command or "", args.render)
         return
     rows = []
+    header = run_header()  # the rows' provenance
     for policy in args.policies:
         row = soak(policy, args)
+        row.update(commit=header.commit, date=header.date, device=header.device, jax=header.jax)
         print(json.dumps(row), flush=True)
         rows.append(row)
         if args.json:
@@ -291,11 +322,14 @@ def main(argv: list[str] | None = None) -> None:
             "PYTHONPATH=. JAX_PLATFORMS=cpu .venv/bin/python experiments/soak_sim.py "
             + " ".join(argv if argv is not None else sys.argv[1:])
         )
-        _write(rows, args, command)
+        _write(rows, args, command, args.json)
 
 
-def _write(rows: list[dict], args, command: str) -> None:
-    write_results_file(args.out, render(rows, args, command), args.log, ROOT)
+def _write(rows: list[dict], args, command: str, raw: Path | None) -> None:
+    """The results file (``--out``), its Log kept; the rows go in the new entry (``--log``) where
+    no JSON-lines file keeps them."""
+    body = "" if raw else "\n".join(["```", *[json.dumps(r) for r in rows], "```"])
+    write_results_file(args.out, render(rows, args, command, raw), args.log, ROOT, body=body)
 
 
 if __name__ == "__main__":

@@ -116,14 +116,23 @@ def median_seconds(
 
 
 def write_results_file(
-    path: Path, current: str, verdict: str | None, root: Path = REPO_ROOT
+    path: Path | str,
+    current: str,
+    verdict: str | None,
+    root: Path = REPO_ROOT,
+    body: str = "",
 ) -> None:
     """Write ``current`` (the title and ``## Current``) over the file's old one, keep its Log, and
-    put a Log entry for ``verdict`` (at today's date and ``root``'s commit) on top of it."""
+    put a Log entry for ``verdict`` (at today's date and ``root``'s commit) on top of it,
+    with ``body`` (the run's tables and details) under its heading."""
+    path = Path(path)
     log = ""
     if path.exists() and "## Log" in path.read_text():
         log = path.read_text().split("## Log", 1)[1].lstrip("\n")
     if verdict:
         entry = f"### {datetime.date.today().isoformat()} {git_commit(root)}: {verdict}\n\n"
+        if body.strip():
+            entry += body.strip("\n") + "\n\n"
         log = entry + log
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(current + "## Log\n\n" + log)

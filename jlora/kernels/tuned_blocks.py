@@ -1,6 +1,6 @@
 """Tuned block sizes for the Pallas LoRA kernels, by platform, token bucket and group shape.
 
-The GPU entries were measured on one H100 80GB (``experiments/bench_kernels.py --tune``, see
+The GPU entries were measured on one H100 80GB (``experiments/tune_kernel_blocks.py``, see
 ``experiments/results/kernels.md``) for the Llama-3.1-8B groups (d_in 4096 or 14336, 8 slots of max
 rank 64); other shapes fall back to the same rules by token count. The TPU entries are starting
 points that follow the Mosaic TPU tiling rules (sublane 8/16, lane 128) and the ragged paged
