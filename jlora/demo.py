@@ -64,8 +64,8 @@ class DemoConfig:
     """The request rate of each part as a fraction of its measured capacity: below 1, so that the
     drain policies, not an overloaded queue, decide who waits."""
     threshold: float = 1.0
-    """Drain wait threshold of both drainers, seconds (``fair`` at 1 s is the recommended policy:
-    ``experiments/results/policy_suite.md``)."""
+    """Drain wait threshold of both drainers, seconds (which setting fares best over the workload
+    suite: ``experiments/results/policy_suite.md``)."""
     real: bool = True
     """Run the real part after the simulated one (``--no-real``: the simulated part only)."""
     max_real_seconds: float = 600.0
