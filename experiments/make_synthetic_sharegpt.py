@@ -10,6 +10,7 @@ single turn (the reader must drop it, as SGLang does), and a few carry non-ASCII
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -36,7 +37,10 @@ def sentence(rng: np.random.Generator, words: int) -> str:
     return text[0].upper() + text[1:] + rng.choice([".", "?", "!"])
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=OUT, help="where to write (default: %(default)s)")
+    args = p.parse_args(argv)
     rng = np.random.default_rng(SEED)
     data = []
     for i in range(CONVERSATIONS):
@@ -46,9 +50,9 @@ def main() -> None:
         if i % 10 != 9:
             turns.append({"from": "gpt", "value": sentence(rng, say)})
         data.append({"id": f"synthetic-{i}", "conversations": turns})
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {OUT} ({len(data)} conversations)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {args.out} ({len(data)} conversations)")
 
 
 if __name__ == "__main__":
