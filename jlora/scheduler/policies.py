@@ -63,7 +63,7 @@ trace replay, in the simulator): ``experiments/results/policy_suite.md``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from jlora.scheduler.request import Request, Status
 from jlora.scheduler.scheduler import FCFS, Adapter, Scheduler
@@ -86,6 +86,14 @@ largest remaining budget (it will not lengthen the drain much). SGLang's constan
 def _name_key(name: Adapter) -> tuple[bool, str]:
     """A total order on adapter names (None first), to break ties deterministically."""
     return (name is not None, name or "")
+
+
+def _sorted_by_name(names: Iterable[Adapter]) -> list[Adapter]:
+    """``names`` sorted by :func:`_name_key` (None first): the strings sorted as they are, several
+    times faster than comparing a key tuple per name (it matters with a hundred adapters)."""
+    names = list(names)
+    strings = sorted(a for a in names if a is not None)
+    return [None] * (len(names) - len(strings)) + strings
 
 
 def adapter_stats(
@@ -235,9 +243,10 @@ class ReserveDrainer(SGLangDrainer):
         super().__init__(threshold)
         self.owed: dict[Adapter, set[int]] = {}  # victim -> rids it was running when marked
         self.starved: list[Adapter] = []  # past the threshold with no slot, most starved first
-        # victim -> (sched.running_changes, _owed_budget) of this round: may_admit asks it for
-        # every waiting request of a victim, and it changes only with the running set.
-        self._owed_budgets: dict[Adapter, tuple[int, int]] = {}
+        # The owed budgets of this round (:meth:`_owed_budget`) and the sched.running_changes
+        # they were counted at: may_admit asks for one for every waiting request of a victim, and
+        # they change only with the running set.
+        self._owed_budgets: tuple[int, dict[Adapter, int]] | None = None
 
     def holds(self) -> Mapping[Adapter, Adapter]:
         return self.marks
@@ -250,7 +259,7 @@ class ReserveDrainer(SGLangDrainer):
     def before_prefill(self, sched: Scheduler, now: float) -> None:
         self.queued, self.longest_wait = adapter_stats(sched, now, self._paused_wait)
         self._remaining = None
-        self._owed_budgets.clear()
+        self._owed_budgets = None
         running = sched.running_adapters()
         for victim, starved in list(self.marks.items()):
             if starved in running or starved not in self.queued:
@@ -272,14 +281,15 @@ class ReserveDrainer(SGLangDrainer):
         a slot now are given theirs first (in the same order), and those already drained for are
         served. An adapter that owes its slot to another is not starving until that one runs."""
         after, longest_wait = self.starved_after, self.longest_wait
-        self.starved = sorted(
-            (  # (an adapter in `longest_wait` has a request queued)
-                a
-                for a, w in longest_wait.items()
-                if w > after and a not in running and a not in self.marks and sched.uses_unit(a)
-            ),
-            key=lambda a: (-longest_wait[a], _name_key(a)),
+        not_starving = running.union(self.marks)  # they run, or owe their slot
+        if not sched.uses_unit(None):
+            not_starving.add(None)  # the base model, when it takes no slot
+        # (An adapter in `longest_wait` has a request queued.) Most starved first, ties by name:
+        # sorted by name, then (stable) by the wait, longest first.
+        self.starved = _sorted_by_name(
+            a for a, w in longest_wait.items() if w > after and a not in not_starving
         )
+        self.starved.sort(key=longest_wait.__getitem__, reverse=True)
         served = set(self.marks.values())
         busy, claimed, need = set(running), set(), []
         # None of these adapters is in `busy`: once no slot unit is left for one, free_slot
@@ -318,17 +328,18 @@ class ReserveDrainer(SGLangDrainer):
 
     def _owed_budget(self, sched: Scheduler, victim: Adapter) -> int:
         """The largest remaining budget of the requests ``victim`` was running when marked that
-        still run (0 if none does)."""
-        known = self._owed_budgets.get(victim)
-        if known is not None and known[0] == sched.running_changes:
-            return known[1]
-        owed = self.owed.get(victim, set())
-        budget = max(
-            (r.remaining_budget for r in sched.running if r.rid in owed),
-            default=0,
-        )
-        self._owed_budgets[victim] = (sched.running_changes, budget)
-        return budget
+        still run (0 if none does). Counted for every victim at once, in one pass over the
+        running requests, and kept until the running set changes."""
+        if self._owed_budgets is None or self._owed_budgets[0] != sched.running_changes:
+            budgets: dict[Adapter, int] = {}
+            for r in sched.running:
+                owed = self.owed.get(r.lora_name)
+                if owed is not None and r.rid in owed:
+                    name, budget = r.lora_name, r.remaining_budget
+                    if name not in budgets or budget > budgets[name]:
+                        budgets[name] = budget
+            self._owed_budgets = (sched.running_changes, budgets)
+        return self._owed_budgets[1].get(victim, 0)
 
 
 class PreemptDrainer(ReserveDrainer):
@@ -394,9 +405,11 @@ class PreemptDrainer(ReserveDrainer):
         # Overload: a running adapter (not one owing its slot) has a request that has waited
         # past the threshold, for the batch, the pages or the prefill budget, not for a slot:
         # the engine is short of capacity, and freeing slots would add none.
+        # (Over the running adapters, fewer than the queued ones; one not in `longest_wait` has
+        # nothing queued, and the threshold is positive.)
         self.overloaded = any(
-            w > self.threshold and a in running and a not in self.marks
-            for a, w in self.longest_wait.items()
+            self.longest_wait.get(a, 0.0) > self.threshold and a not in self.marks
+            for a in running
         )
         return [] if self.overloaded else super()._starving(sched, running)
 

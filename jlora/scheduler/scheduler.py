@@ -506,6 +506,11 @@ class Scheduler:
             # key of each request, so they keep the order they have among the whole queue.
             walkable = busy if self.config.base_uses_slot else busy | {None}
             queue = [r for r in queue if r.lora_name in walkable]
+        if not self.paused and reserve > self.pages.num_free and not any(r.pages for r in queue):
+            # Nothing to resume, nor to preempt for pages, and the free pages do not even cover
+            # the decode reserve: the first waiting request to reach the page test would stop
+            # admission, and those before it are skipped without effect (so all of them are).
+            return
         paused_left = sum(1 for r in queue if r.status is Status.PAUSED)  # not walked yet
         for req in self.policy.order(queue, now):
             if len(self.running) >= cfg.max_running_requests:
