@@ -142,7 +142,11 @@ class Policy(Protocol):
     """
 
     def order(self, queue: list[Request], now: float) -> list[Request]:
-        """The order in which the walk takes the paused and waiting requests (``queue``)."""
+        """The order in which the walk takes the paused and waiting requests (``queue``).
+
+        A stable sort by a key of each request: the walk may pass only the requests that can act
+        (:meth:`Scheduler._walk`), and they must come in the order they have among the whole
+        queue."""
         ...
 
     def before_prefill(self, sched: Scheduler, now: float) -> None:
