@@ -63,8 +63,7 @@ trace replay, in the simulator): ``experiments/results/policy_suite.md``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 
 from jlora.scheduler.request import Request, Status
 from jlora.scheduler.scheduler import FCFS, Adapter, Scheduler
@@ -89,21 +88,22 @@ def _name_key(name: Adapter) -> tuple[bool, str]:
     return (name is not None, name or "")
 
 
-@dataclass
-class AdapterStats:
-    """Recomputed at every admission round."""
-
-    waiting: int = 0
-    """Waiting requests (for ``preempt`` and ``fair``, paused ones too)."""
-    longest_wait: float = 0.0
-    """Seconds the longest of them has waited (since ``wait_since``)."""
+def _sorted_by_name(names: Iterable[Adapter]) -> list[Adapter]:
+    """``names`` sorted by :func:`_name_key` (None first): the strings sorted as they are, several
+    times faster than comparing a key tuple per name (it matters with a hundred adapters)."""
+    names = list(names)
+    strings = sorted(a for a in names if a is not None)
+    return [None] * (len(names) - len(strings)) + strings
 
 
 def adapter_stats(
     sched: Scheduler, now: float, include_paused: bool = False
-) -> dict[Adapter, AdapterStats]:
-    """Per adapter with queued requests: how many, and the longest wait. Once per admission
-    round over every queued request: a plain loop over the per-adapter minimum of wait_since."""
+) -> tuple[dict[Adapter, int], dict[Adapter, float]]:
+    """Per adapter with queued requests (waiting ones; with ``include_paused``, paused ones too):
+    how many, and the seconds the longest of them has waited (since ``wait_since``). Adapters
+    with none are absent from both. Once per admission round over every queued request: a plain
+    loop over the per-adapter minimum of wait_since, and two plain dicts (no object per adapter:
+    with a hundred adapters queued, building one each was a third of the cost)."""
     count: dict[Adapter, int] = {}
     since: dict[Adapter, float] = {}
     queued = sched.waiting + sched.paused if include_paused else sched.waiting
@@ -116,7 +116,7 @@ def adapter_stats(
             count[name] = n + 1
             if t < since[name]:
                 since[name] = t
-    return {a: AdapterStats(n, now - since[a]) for a, n in count.items()}
+    return count, {a: now - t for a, t in since.items()}
 
 
 def max_remaining(sched: Scheduler) -> dict[Adapter, int]:
@@ -160,7 +160,10 @@ class SGLangDrainer(FCFS):
             raise ValueError(f"lora_drain_wait_threshold={threshold!r} must be positive here")
         self.threshold = threshold
         self.marks: dict[Adapter, Adapter] = {}  # victim -> the starved adapter it drains for
-        self.stats: dict[Adapter, AdapterStats] = {}
+        self.queued: dict[Adapter, int] = {}
+        """Per adapter, its queued requests at this round (see :func:`adapter_stats`)."""
+        self.longest_wait: dict[Adapter, float] = {}
+        """Per adapter with queued requests, the seconds the longest of them has waited."""
         self._remaining: dict[Adapter, int] | None = None  # max_remaining of this round
 
     def draining(self) -> dict[Adapter, Adapter]:
@@ -173,11 +176,8 @@ class SGLangDrainer(FCFS):
             self._remaining = max_remaining(sched)
         return self._remaining.get(name, 0)
 
-    def _stat(self, name: Adapter) -> AdapterStats:
-        return self.stats.get(name) or AdapterStats()
-
     def before_prefill(self, sched: Scheduler, now: float) -> None:
-        self.stats = adapter_stats(sched, now)
+        self.queued, self.longest_wait = adapter_stats(sched, now)
         self._remaining = None
         running = sched.running_adapters()
         self._mark(sched, running)
@@ -191,14 +191,15 @@ class SGLangDrainer(FCFS):
             return
         # In SGLang the base model always takes a slot; here it counts only with
         # base_model_uses_slot, and when it does not it is neither starved of nor holding a slot.
+        eligible = {a for a in running if a not in self.marks and sched.uses_unit(a)}
+        if not eligible:
+            return  # no victim left to mark (every running adapter drains already)
+        # (An adapter in `longest_wait` has a request waiting.)
         starving = {
-            a
-            for a, s in self.stats.items()
-            if s.waiting > 0 and s.longest_wait > self.threshold and sched.uses_unit(a)
+            a for a, w in self.longest_wait.items() if w > self.threshold and sched.uses_unit(a)
         }
         served = {b for b in self.marks.values() if b is not None}
-        new = sorted(starving - served, key=lambda a: (-self.stats[a].longest_wait, _name_key(a)))
-        eligible = {a for a in running if a not in self.marks and sched.uses_unit(a)}
+        new = sorted(starving - served, key=lambda a: (-self.longest_wait[a], _name_key(a)))
         for starved in new:
             if not eligible:
                 break
@@ -242,6 +243,10 @@ class ReserveDrainer(SGLangDrainer):
         super().__init__(threshold)
         self.owed: dict[Adapter, set[int]] = {}  # victim -> rids it was running when marked
         self.starved: list[Adapter] = []  # past the threshold with no slot, most starved first
+        # The owed budgets of this round (:meth:`_owed_budget`) and the sched.running_changes
+        # they were counted at: may_admit asks for one for every waiting request of a victim, and
+        # they change only with the running set.
+        self._owed_budgets: tuple[int, dict[Adapter, int]] | None = None
 
     def holds(self) -> Mapping[Adapter, Adapter]:
         return self.marks
@@ -252,11 +257,12 @@ class ReserveDrainer(SGLangDrainer):
         return self.threshold
 
     def before_prefill(self, sched: Scheduler, now: float) -> None:
-        self.stats = adapter_stats(sched, now, include_paused=self._paused_wait)
+        self.queued, self.longest_wait = adapter_stats(sched, now, self._paused_wait)
         self._remaining = None
+        self._owed_budgets = None
         running = sched.running_adapters()
         for victim, starved in list(self.marks.items()):
-            if starved in running or self._stat(starved).waiting == 0:
+            if starved in running or starved not in self.queued:
                 del self.marks[victim]
                 self.owed.pop(victim, None)
         for starved in self._starving(sched, running):
@@ -274,29 +280,31 @@ class ReserveDrainer(SGLangDrainer):
         """Adapters past the threshold that need a victim, most starved first: those that can get
         a slot now are given theirs first (in the same order), and those already drained for are
         served. An adapter that owes its slot to another is not starving until that one runs."""
-        self.starved = sorted(
-            (
-                a
-                for a, s in self.stats.items()
-                if s.waiting > 0
-                and s.longest_wait > self.starved_after
-                and a not in running
-                and a not in self.marks
-                and sched.uses_unit(a)
-            ),
-            key=lambda a: (-self.stats[a].longest_wait, _name_key(a)),
+        after, longest_wait = self.starved_after, self.longest_wait
+        not_starving = running.union(self.marks)  # they run, or owe their slot
+        if not sched.uses_unit(None):
+            not_starving.add(None)  # the base model, when it takes no slot
+        # (An adapter in `longest_wait` has a request queued.) Most starved first, ties by name:
+        # sorted by name, then (stable) by the wait, longest first.
+        self.starved = _sorted_by_name(
+            a for a, w in longest_wait.items() if w > after and a not in not_starving
         )
+        self.starved.sort(key=longest_wait.__getitem__, reverse=True)
         served = set(self.marks.values())
         busy, claimed, need = set(running), set(), []
+        # None of these adapters is in `busy`: once no slot unit is left for one, free_slot
+        # refuses them all, and the rest need a victim without asking it once per adapter.
+        no_unit_left = sched.slot_units(busy) >= sched.adapters.num_slots
         for a in self.starved:
             if a in served:
                 continue
-            slot = sched.free_slot(a, busy, claimed)
+            slot = None if no_unit_left else sched.free_slot(a, busy, claimed)
             if slot is None:
                 need.append(a)
             else:
                 busy.add(a)
                 claimed.add(slot)
+                no_unit_left = sched.slot_units(busy) >= sched.adapters.num_slots
         return need
 
     def _eligible(self, sched: Scheduler, running: set[Adapter]) -> list[Adapter]:
@@ -316,12 +324,22 @@ class ReserveDrainer(SGLangDrainer):
         name = req.lora_name
         if name not in self.marks:
             return True
-        owed = self.owed.get(name, set())
-        budget = max(
-            (r.remaining_budget for r in sched.running if r.rid in owed),
-            default=0,
-        )
-        return req.params.max_new_tokens <= DRAIN_TOLERANCE * budget
+        return req.params.max_new_tokens <= DRAIN_TOLERANCE * self._owed_budget(sched, name)
+
+    def _owed_budget(self, sched: Scheduler, victim: Adapter) -> int:
+        """The largest remaining budget of the requests ``victim`` was running when marked that
+        still run (0 if none does). Counted for every victim at once, in one pass over the
+        running requests, and kept until the running set changes."""
+        if self._owed_budgets is None or self._owed_budgets[0] != sched.running_changes:
+            budgets: dict[Adapter, int] = {}
+            for r in sched.running:
+                owed = self.owed.get(r.lora_name)
+                if owed is not None and r.rid in owed:
+                    name, budget = r.lora_name, r.remaining_budget
+                    if name not in budgets or budget > budgets[name]:
+                        budgets[name] = budget
+            self._owed_budgets = (sched.running_changes, budgets)
+        return self._owed_budgets[1].get(victim, 0)
 
 
 class PreemptDrainer(ReserveDrainer):
@@ -387,14 +405,18 @@ class PreemptDrainer(ReserveDrainer):
         # Overload: a running adapter (not one owing its slot) has a request that has waited
         # past the threshold, for the batch, the pages or the prefill budget, not for a slot:
         # the engine is short of capacity, and freeing slots would add none.
+        # (Over the running adapters, fewer than the queued ones; one not in `longest_wait` has
+        # nothing queued, and the threshold is positive.)
         self.overloaded = any(
-            s.waiting and s.longest_wait > self.threshold and a in running and a not in self.marks
-            for a, s in self.stats.items()
+            self.longest_wait.get(a, 0.0) > self.threshold and a not in self.marks
+            for a in running
         )
         return [] if self.overloaded else super()._starving(sched, running)
 
     def _victims_to_pause(self, sched: Scheduler, now: float) -> list[Request]:
         """The decoding requests of every marked victim (those mid-prefill wait a round)."""
+        if not self.marks:
+            return []
         return [r for r in sched.running if r.lora_name in self.marks and not r.in_prefill]
 
     def pauses(self, sched: Scheduler, now: float) -> Sequence[Request]:
@@ -425,9 +447,7 @@ class PreemptDrainer(ReserveDrainer):
         eligible = self._eligible(sched, running)
         if not eligible:
             return None
-        count: dict[Adapter, int] = {}
-        for r in sched.running:
-            count[r.lora_name] = count.get(r.lora_name, 0) + 1
+        count = sched.running_count  # (every eligible adapter runs)
         return min(
             eligible,
             key=lambda a: (count.get(a, 0), self._left(sched, a), _name_key(a)),
@@ -485,7 +505,7 @@ class FairDrainer(PreemptDrainer):
 
     def _starving(self, sched: Scheduler, running: set[Adapter]) -> list[Adapter]:
         need = super()._starving(sched, running)
-        demand = {a: s.waiting for a, s in self.stats.items()}
+        demand = dict(self.queued)
         for a, n in sched.running_count.items():
             demand[a] = demand.get(a, 0) + n
         share = sum(demand.values()) / sched.adapters.num_slots
@@ -512,6 +532,8 @@ class FairDrainer(PreemptDrainer):
         )
 
     def _victims_to_pause(self, sched: Scheduler, now: float) -> list[Request]:
+        if not self.marks:
+            return []
         step = sched.decode_seconds or 0.0
         return [
             r

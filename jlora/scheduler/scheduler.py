@@ -142,7 +142,11 @@ class Policy(Protocol):
     """
 
     def order(self, queue: list[Request], now: float) -> list[Request]:
-        """The order in which the walk takes the paused and waiting requests (``queue``)."""
+        """The order in which the walk takes the paused and waiting requests (``queue``).
+
+        A stable sort by a key of each request: the walk may pass only the requests that can act
+        (:meth:`Scheduler._walk`), and they must come in the order they have among the whole
+        queue."""
         ...
 
     def before_prefill(self, sched: Scheduler, now: float) -> None:
@@ -209,6 +213,10 @@ class Scheduler:
         self.running: list[Request] = []
         self.running_count: dict[Adapter, int] = {}
         """Running requests per adapter (adapters with none are absent)."""
+        self.running_changes = 0
+        """Bumped whenever a request joins or leaves the running set: a policy may keep what it
+        computed from the running set while this stays the same (within one round; between two
+        rounds the running requests' outputs grow)."""
         self.paused: list[Request] = []
         self.last_plan = StepPlan("idle")
         self._admitted_order: dict[int, int] = {}  # rid -> admission counter (newest = largest)
@@ -492,8 +500,23 @@ class Scheduler:
 
         if len(self.running) >= cfg.max_running_requests:
             return  # nothing can be admitted or resumed: no need to order the queue
-        paused_left = len(self.paused)  # at least the paused requests not walked yet
-        for req in self.policy.order(self.paused + self.waiting, now):
+        queue = self.paused + self.waiting
+        if self.slot_units(busy) >= self.adapters.num_slots:
+            # No slot unit is left for an adapter outside `busy` (free_slot's first test), and
+            # only seating one could change that (resumes and admissions of running adapters
+            # change neither `busy`, the slots nor the holds): the requests of the other adapters
+            # would all be skipped, so only those of running adapters (and of the base model when
+            # it takes no unit) are ordered and walked. The policy's order is a stable sort by a
+            # key of each request, so they keep the order they have among the whole queue.
+            walkable = busy if self.config.base_uses_slot else busy | {None}
+            queue = [r for r in queue if r.lora_name in walkable]
+        if not self.paused and reserve > self.pages.num_free and not any(r.pages for r in queue):
+            # Nothing to resume, nor to preempt for pages, and the free pages do not even cover
+            # the decode reserve: the first waiting request to reach the page test would stop
+            # admission, and those before it are skipped without effect (so all of them are).
+            return
+        paused_left = sum(1 for r in queue if r.status is Status.PAUSED)  # not walked yet
+        for req in self.policy.order(queue, now):
             if len(self.running) >= cfg.max_running_requests:
                 break
             if budget <= 0 or len(plan.prefill) >= cfg.max_prefill_seqs:
@@ -564,10 +587,12 @@ class Scheduler:
         )
 
     def _join_running(self, req: Request) -> None:
+        self.running_changes += 1
         self.running.append(req)
         self.running_count[req.lora_name] = self.running_count.get(req.lora_name, 0) + 1
 
     def _leave_running(self, req: Request) -> None:
+        self.running_changes += 1
         self.running.remove(req)
         self._by_admission.remove(req)
         left = self.running_count[req.lora_name] - 1
