@@ -472,8 +472,8 @@ class FairDrainer(PreemptDrainer):
     * **Hot** adapters (running, with at least their share of the demand: running, waiting and
       paused requests over the slots) are never victims: where off's median lives. While some
       adapter without a slot has demand, at least one slot holder is not hot (the holders'
-      demand would otherwise sum past the total), so a victim always exists once its residency
-      is over.
+      demand would otherwise sum past the total), so a victim exists once its residency is over
+      unless that holder is pinned (pinned slots never rotate).
     * The victim is the not-hot running adapter past its residency (``preempt``'s: ``max(T,
       SWAPS_PER_RESIDENCY loads)``) whose pause would **hurt** the fewest requests (running ones
       with more than ``GRACE`` seconds left at the measured decode step), then the smallest
