@@ -106,6 +106,25 @@ CONFIGS: tuple[FuzzConfig, ...] = (
         ),
     ),
     FuzzConfig(
+        "fair_20ms_chunked",
+        dict(
+            max_loras_per_batch=2,
+            lora_drain_policy="fair",
+            lora_drain_wait_threshold=0.02,
+            chunked_prefill_size=8,
+            max_total_tokens=3 * CONTEXT,
+        ),
+    ),
+    FuzzConfig(
+        "fair_50ms_overlap",
+        dict(
+            max_loras_per_batch=2,
+            lora_drain_policy="fair",
+            lora_drain_wait_threshold=0.05,
+            overlap_schedule=True,
+        ),
+    ),
+    FuzzConfig(
         "overlap_chunked_8",
         dict(max_loras_per_batch=3, overlap_schedule=True, chunked_prefill_size=8),
     ),
