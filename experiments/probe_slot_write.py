@@ -19,13 +19,17 @@ from jlora.bench.results_file import run_header
 from models.presets import get_preset
 
 
-def probe(model: str, slot_counts: list[int], ranks: list[int], max_rank: int, dtype: str, reps: int):
+def probe(
+    model: str, slot_counts: list[int], ranks: list[int], max_rank: int, dtype: str, reps: int
+):
     cfg = get_preset(model)
     rows, hlo = [], {}
     for num_slots in slot_counts:
         buffers = S.SlotBuffers(cfg, num_slots, max_rank, dtype)
         for rank in ranks:
-            layout = S.slot_layout(None, cfg, max_rank, dtype, 1, rows=S.rank_bucket(rank, max_rank))
+            layout = S.slot_layout(
+                None, cfg, max_rank, dtype, 1, rows=S.rank_bucket(rank, max_rank)
+            )
             values = buffers._to_device(buffers._place_host(layout))
             jax.block_until_ready(values)
             buffers._write(1, values)  # compiles

@@ -59,9 +59,9 @@ def token_bucket(num_tokens: int) -> int:
 # fastest candidate by CUPTI kernel time, scenario "3 adapters of rank 16", where a second launch
 # was charged 15 us (launched by the host). Inside the engine's step, one CUDA graph, a launch costs
 # a gap on the GPU instead, and the split form of the MLP groups (gate|up, down: the long shrinks)
-# wins there at T <= 256: 0.5-0.8 ms off a batch 1-64 decode step with adapters and 1.4 ms at 128,
-# no change without adapters (experiments/bench_split_decode.py, kernels.md). Splitting q|k|v and
-# o too made steps without adapters slower, so they keep one launch.
+# wins there at T <= 256 with adapters and changes nothing without them
+# (experiments/bench_split_decode.py, kernels.md). Splitting q|k|v and o too made steps without
+# adapters slower, so they keep one launch.
 _G = GpuBlocks
 GPU_TUNED: dict[tuple[int, int, int], GpuBlocks] = {
     # T <= 16 (and 1)

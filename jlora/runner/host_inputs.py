@@ -1,9 +1,9 @@
 """A step's host inputs in one transfer.
 
 A decode step has ~15 small input arrays (tokens, positions, page table, LoRA routing, sampling
-parameters). Sent one by one, each costs a host-to-device copy of its own: about 0.2-0.3 ms each
-on the H100 host measured (``experiments/profile_decode.py --host-profile``), 3-4 ms a step, a
-third of a decode step's device time. :func:`pack` lays every array of the inputs' pytree out in
+parameters). Sent one by one, each costs a host-to-device copy of its own, and together they took
+a large share of a decode step on the H100 (``experiments/profile_decode.py --host-profile``;
+``experiments/results/engine.md``). :func:`pack` lays every array of the inputs' pytree out in
 one int32 buffer (all inputs are 4-byte types: int32, uint32, float32, viewed bit for bit);
 :func:`unpack`, inside the jitted step, slices and bit-casts them back. The layout
 (:class:`PackSpec`) is static, so a bucket's step still compiles once.
@@ -13,12 +13,10 @@ With ``EngineConfig.stage_host_inputs`` the step does not read the transferred b
 device buffer (the runner's *staging* buffer, donated, so updated in place), which the step reads.
 On GPU a step runs as a CUDA graph, and before each launch XLA rewrites every node that uses a
 buffer whose address changed since the last launch. The transferred buffer is new every step and
-the layers read it (KV writes, attention, LoRA routing): on an H100, with three adapters and
-overlap scheduling, the rewrite took 1.7 ms of host time a decode step of Llama-3.1-8B, and
-0.15-0.3 ms with the staging buffer, whose address never changes
+the layers read it (KV writes, attention, LoRA routing), so every step paid that rewrite in host
+time; with the staging buffer, whose address never changes, it mostly goes away
 (``experiments/results/graph_scheduling.md``). On CPU (no graph) the engine does not stage by
-default: there the copy made step times vary more (the CPU simulator-fidelity test's real runs
-spread by up to 35% in median TTFT staged, by under 10% unstaged).
+default: there the copy made step times vary more (``experiments/results/sim_fidelity_cpu.md``).
 """
 
 from __future__ import annotations

@@ -408,8 +408,7 @@ class PreemptDrainer(ReserveDrainer):
         # (Over the running adapters, fewer than the queued ones; one not in `longest_wait` has
         # nothing queued, and the threshold is positive.)
         self.overloaded = any(
-            self.longest_wait.get(a, 0.0) > self.threshold and a not in self.marks
-            for a in running
+            self.longest_wait.get(a, 0.0) > self.threshold and a not in self.marks for a in running
         )
         return [] if self.overloaded else super()._starving(sched, running)
 
@@ -527,9 +526,7 @@ class FairDrainer(PreemptDrainer):
         if not candidates:
             return None
         hurt = self._hurt(sched)
-        return min(
-            candidates, key=lambda a: (hurt.get(a, 0), self._left(sched, a), _name_key(a))
-        )
+        return min(candidates, key=lambda a: (hurt.get(a, 0), self._left(sched, a), _name_key(a)))
 
     def _victims_to_pause(self, sched: Scheduler, now: float) -> list[Request]:
         if not self.marks:
