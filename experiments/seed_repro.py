@@ -173,7 +173,8 @@ def write_seed_results(
         "- raw data: " + (", ".join(f"`{r}`" for r in raw) or "the tables of the newest Log entry"),
         *(
             [
-                "- rendered (`--render`): the header is the renderer's; the raw data's run measured it"
+                "- rendered (`--render`): the header is the renderer's; the raw data's run "
+                "measured it"
             ]
             if args.render
             else []
