@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlora.bench.results_file import median_seconds, run_header
+from jlora.bench.results_file import median_seconds, run_header, write_results_file
 from jlora.kernels.paged_attention import (
     paged_decode_attention_gpu,
     paged_decode_attention_ref,
@@ -39,7 +39,12 @@ def main() -> None:
     p.add_argument("--page-size", type=int, default=16)
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--interpret", action="store_true", help="CPU: run the kernel interpreted")
-    p.add_argument("--out", default=None, help="markdown file to write")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results file to write: its Current rewritten, a Log entry added on top of its Log",
+    )
+    p.add_argument("--log", default=None, help="the Log entry's verdict (default: the claim)")
     args = p.parse_args()
 
     hq, hkv, d, ps = 32, 8, 128, args.page_size
@@ -92,28 +97,51 @@ def main() -> None:
                 flush=True,
             )
     if args.out:
-        lines = [
-            "# Decode attention over the paged KV cache, one layer of Llama-3.1-8B",
-            "",
-            *run_header().lines(),
-            f"- 32 query heads, 8 KV heads, head_dim 128, bf16, page size {ps}; the cache holds "
-            f"{args.layers} layers of {num_pages} pages and is passed whole; the kernel's page "
-            f"table is {args.context} tokens wide, the reference's the smallest of 256 / 1024 / "
-            "4096 that holds the sequences; times are medians of single calls (ms), including "
-            "the merge of splits and the step's own token",
-            "- floor: the K/V bytes of each sequence's cached tokens over the 2.9 TB/s copy "
-            "ceiling",
-            "",
-            "| batch | length | floor | pallas | xla (gather) | speed-up | max abs err |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for b, n, floor_ms, kernel_ms, ref_ms, speedup, err in rows:
-            lines.append(
-                f"| {b} | {n} | {floor_ms:.4f} | {kernel_ms:.4f} | {ref_ms:.4f} | "
-                f"{speedup:.2f}x | {err:.1e} |"
-            )
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        write_attention_results(args.out, rows, args, ps, num_pages)
+
+
+def write_attention_results(out, rows, args, ps: int, num_pages: int) -> None:
+    """Write ``out``: ``## Current`` with this run's header and claim, and a Log entry (``--log``,
+    default the claim) with the table of ``rows`` on top of the file's Log, which is kept."""
+    header = run_header()
+    speedups = [row[5] for row in rows]
+    claim = (
+        f"the Pallas paged decode-attention kernel is {min(speedups):.2f}x-{max(speedups):.2f}x "
+        f"the XLA gather reference per layer over {len(rows)} sizes"
+        if rows
+        else "no size was measured"
+    )
+    met = bool(rows) and min(speedups) > 1
+    setup = [
+        f"- 32 query heads, 8 KV heads, head_dim 128, bf16, page size {ps}; the cache holds "
+        f"{args.layers} layers of {num_pages} pages and is passed whole; the kernel's page "
+        f"table is {args.context} tokens wide, the reference's the smallest of 256 / 1024 / "
+        "4096 that holds the sequences; times are medians of single calls (ms), including "
+        "the merge of splits and the step's own token",
+        "- floor: the K/V bytes of each sequence's cached tokens over the 2.9 TB/s copy ceiling",
+    ]
+    table = [
+        "| batch | length | floor | pallas | xla (gather) | speed-up | max abs err |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for b, n, floor_ms, kernel_ms, ref_ms, speedup, err in rows:
+        table.append(
+            f"| {b} | {n} | {floor_ms:.4f} | {kernel_ms:.4f} | {ref_ms:.4f} | "
+            f"{speedup:.2f}x | {err:.1e} |"
+        )
+    current = [
+        "# Decode attention over the paged KV cache, one layer of Llama-3.1-8B",
+        "",
+        "## Current",
+        "",
+        *header.lines(),
+        f"- claim: {claim}",
+        f"- target: faster than the reference at every size ({'met' if met else 'not met'})",
+        "- raw data: the table of the Log entry below (this script keeps no raw file)",
+        "",
+    ]
+    body = "\n".join([*setup, "", *table]) + "\n"
+    write_results_file(out, "\n".join(current) + "\n", args.log or claim, body=body)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from jlora.bench.results_file import median_seconds, run_header
+from jlora.bench.results_file import median_seconds, run_header, write_results_file
 
 HF_ADAPTERS = ("a0", "a1", "a2")
 
@@ -227,17 +226,14 @@ def _hf_part(args) -> dict:
 
 
 def _write(args, ours: dict, hf: dict | None) -> str:
+    """The run's tables and setting (the body of its Log entry)."""
     lines = [
-        "# Engine benchmark",
-        "",
-        *run_header().lines(),
         *([f"- torch {hf['torch']} (the HF transformers + PEFT baseline)"] if hf else []),
         f"- model: `{args.model}` preset, dummy weights, bfloat16 ({ours['weight_gb']:.1f} GB); "
         "3 adapters of rank 16 on all seven modules, 3 slots; "
         f"prompts of {args.prompt_len} tokens; decode attention: {ours.get('attention', 'xla')}",
         f"- weight-read floor of a decode step: {ours['weight_gb']:.1f} GB / "
         f"{args.copy_bw / 1e12:.1f} TB/s = {ours['floor_ms']:.2f} ms",
-        f"- command: `PYTHONPATH=. python experiments/bench_engine.py {' '.join(sys.argv[1:])}`",
         "",
     ]
     backends = args.backends.split(",")
@@ -319,6 +315,56 @@ def _write(args, ours: dict, hf: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _claim(args, ours: dict) -> str:
+    """The run's claim against the targets (base step within 1.3x of the floor at batch 64, the
+    three adapters at most 15% over the base step), from the overlap cells."""
+    batches = [int(x) for x in args.batches.split(",")]
+    parts = []
+    for label, r in ours.items():
+        if not isinstance(r, dict) or "decode_ms" not in r:
+            continue
+        ms = r["decode_ms"]
+        backend, scheduling = label.split("/", 1) if "/" in label else (label, "")
+        bare = ours.get(_label("none", scheduling)) if scheduling else ours.get("none")
+        if backend == "none":
+            b = 64 if 64 in batches else max(batches)
+            ratio = ms[_cell(b, False, True)] / ours["floor_ms"]
+            parts.append(
+                f"`{label}` base step {ratio:.2f}x the floor at batch {b} (target 1.3x: "
+                f"{'met' if ratio <= 1.3 else 'not met'})"
+            )
+        else:
+            over = []
+            for b in batches:
+                ref = (bare or r)["decode_ms"][_cell(b, False, True)]
+                over.append(100 * (ms[_cell(b, True, True)] / ref - 1))
+            parts.append(
+                f"`{label}` LoRA overhead {min(over):+.0f}% to {max(over):+.0f}% at batch "
+                f"{args.batches} (target 15%: {'met' if max(over) <= 15 else 'not met'})"
+            )
+    return "; ".join(parts) or "no decode cell measured"
+
+
+def write_engine_results(out, args, ours: dict, hf: dict | None, body: str) -> None:
+    """Write ``out``: ``## Current`` (this run's header, claim and setting) over the old one, and a
+    Log entry (``--log``, default the claim) with ``body`` on top of the file's Log, kept."""
+    claim = _claim(args, ours)
+    current = [
+        "# Engine benchmark",
+        "",
+        "## Current",
+        "",
+        *run_header().lines(),
+        f"- setting: `{args.model}` preset, dummy weights, bfloat16; 3 rank-16 adapters on all "
+        f"seven modules, 3 slots; prompts of {args.prompt_len} tokens; decode attention "
+        f"{ours.get('attention', 'xla')}; graph `{args.graph_scheduling}`",
+        f"- claim: {claim}",
+        "- raw data: the tables of the Log entry below (this benchmark keeps no raw file)",
+        "",
+    ]
+    write_results_file(out, "\n".join(current) + "\n", args.log or claim, body=body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="llama-3.1-8b")
@@ -349,7 +395,12 @@ def main() -> None:
     parser.add_argument("--copy-bw", type=float, default=2.9e12, help="device copy ceiling, B/s")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     parser.add_argument("--hf-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=None, help="markdown results file")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results file: its Current rewritten, a Log entry added on top of its Log",
+    )
+    parser.add_argument("--log", default=None, help="the Log entry's verdict (default: the claim)")
     args = parser.parse_args()
     batches = [int(x) for x in args.batches.split(",")]
     if args.prefill_tokens // 512 > max(batches):
@@ -375,7 +426,7 @@ def main() -> None:
     text = _write(args, ours, hf)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        write_engine_results(args.out, args, ours, hf, text)
 
 
 if __name__ == "__main__":

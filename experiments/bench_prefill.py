@@ -4,8 +4,9 @@ prefill steps of the engine (512 and 2048 tokens of 512-token prompts) with each
 backend, with LoRA off and with three rank-16 adapters, and the start-up time of the default
 engine (every bucket of the preset compiled).
 
-    PYTHONPATH=. python experiments/bench_prefill.py --model llama-3.1-8b \
-        --out experiments/results/prefill.md
+    PYTHONPATH=. python experiments/bench_prefill.py --model llama-3.1-8b --json prefill.json
+
+(it prints its figures and writes them, raw, to ``--json``; it writes no results file)
 
 The matmul floor of a token is ``2 x`` the parameters its projections read (every layer's
 q|k|v, o, gate|up, down; the embedding is a lookup and the LM head runs on sampled rows only);

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jlora.bench.results_file import run_header
+from jlora.bench.results_file import run_header, write_results_file
 from jlora.clock import FakeClock
 from jlora.config import EngineConfig
 from jlora.engine import Engine
@@ -110,17 +110,19 @@ def main() -> None:
     p.add_argument("--load-time", type=float, default=0.002)
     p.add_argument("--max-running", type=int, default=256)
     p.add_argument("--kv-tokens", type=int, default=400_000)
-    p.add_argument("--out", default=Path(__file__).parent / "results" / "fake_seed_workload.md")
+    p.add_argument(
+        "--out",
+        default=Path(__file__).parent / "results" / "fake_seed_workload.md",
+        help="results file: its Current rewritten, a Log entry added on top of its Log",
+    )
+    p.add_argument("--log", default=None, help="the Log entry's verdict (default: the claim)")
     args = p.parse_args()
     adapters = [f"adapter{k}" for k in range(args.num_adapters)]
     settings = [("off", 0.0)] + list(itertools.product(args.policies, args.thresholds))
     keys = ["p50_ttft", "p99_ttft", "mean_ttft", "p50_e2e", "p99_e2e", "loads", "pauses"]
     print(f"{'policy':>8} {'thr':>5} " + " ".join(f"{k:>9}" for k in keys) + "   (seconds)")
+    table = {}
     lines = [
-        "# The seed workload on the fake runner",
-        "",
-        *run_header().lines(),
-        "",
         "Fake runner on the CPU (step times, not a GPU measurement): "
         f"decode {args.decode_base * 1e3:g} ms + {args.decode_per_seq * 1e3:g} ms/seq, prefill "
         f"{args.prefill_base * 1e3:g} ms + {args.prefill_per_token * 1e3:g} ms/token, load "
@@ -146,7 +148,38 @@ def main() -> None:
         avg = {k: float(np.mean([r[k] for r in rows])) for k in keys}
         print(f"{policy:>8} {thr:5.2f} " + " ".join(f"{avg[k]:9.3f}" for k in keys), flush=True)
         lines.append(f"| {policy} | {thr:g} | " + " | ".join(f"{avg[k]:.3f}" for k in keys) + " |")
-    Path(args.out).write_text("\n".join(lines) + "\n")
+        table[policy, thr] = avg
+    write_fake_seed_results(args.out, table, "\n".join(lines) + "\n", args)
+
+
+def write_fake_seed_results(out, table: dict, body: str, args) -> None:
+    """Write ``out``: ``## Current`` (header, the P99 TTFT of each policy against the drainer off)
+    over the old one, and a Log entry (``--log``, default the claim) with ``body``, the table, on
+    top of the file's Log, which is kept. ``table``: (policy, threshold) -> the means."""
+    off = table.get(("off", 0.0), {}).get("p99_ttft")
+    parts = []
+    for policy in dict.fromkeys(p for p, _ in table if p != "off"):
+        p99 = [v["p99_ttft"] for (q, _), v in table.items() if q == policy]
+        parts.append(f"`{policy}` {min(p99):.3f}-{max(p99):.3f} s")
+    claim = (
+        "on the seed workload with hand-set step times, P99 TTFT "
+        + (f"{off:.3f} s with the drainer off; " if off is not None else "")
+        + ", ".join(parts)
+        + f" at thresholds {min(args.thresholds):g}-{max(args.thresholds):g} s"
+    )
+    current = [
+        "# The seed workload on the fake runner",
+        "",
+        "## Current",
+        "",
+        *run_header().lines(),
+        "- device note: the fake runner on a CPU (hand-set step times, not a GPU measurement)",
+        f"- claim: {claim}",
+        f"- raw data: the table of the newest Log entry (means over seeds "
+        f"{', '.join(map(str, args.seeds))})",
+        "",
+    ]
+    write_results_file(out, "\n".join(current) + "\n", args.log or claim, body=body)
 
 
 if __name__ == "__main__":

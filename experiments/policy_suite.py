@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from jlora.bench.results_file import REPO_ROOT as ROOT
-from jlora.bench.results_file import command_line, git_commit
+from jlora.bench.results_file import command_line, git_commit, write_results_file
 from jlora.bench.seed import SEED_RANKS
 
 RESULTS = ROOT / "experiments/results"
@@ -593,7 +593,9 @@ def heatmap_path(md: Path) -> Path:
     return md.parent / md.stem / "heatmap.png"
 
 
-def render(runs, raw: Path, md: Path, meta: dict) -> str:
+def render(runs, raw: Path, md: Path, meta: dict) -> tuple[str, str]:
+    """The results file's ``## Current`` (title included) and the body of the run's Log entry
+    (dominance, the hand-written notes, the cells and the ratio tables, headed one level down)."""
     import jax
 
     cells = [c.name for c in CELLS if c.name in runs] + sorted(set(runs) - {c.name for c in CELLS})
@@ -629,6 +631,12 @@ def render(runs, raw: Path, md: Path, meta: dict) -> str:
         f"setting (drainer off, {CAPACITY_PROMPTS} requests sent at once): "
         f"{meta.get('capacity', 'n/a')} req/s, so "
         f"the overload cell runs at {OVERLOAD:g}x that",
+        "- tables (dominance, cells, ratios to the drainer off): the newest Log entry",
+        "",
+    ]
+    current = "\n".join(lines) + "\n"
+    lines = [
+        f"`{meta['command']}`; {meta['timing']}.",
         "",
         "## Dominance",
         "",
@@ -668,16 +676,9 @@ def render(runs, raw: Path, md: Path, meta: dict) -> str:
         "",
         *ratio_tables(runs, settings, cells),
     ]
-    old_log = ""
-    if md.is_file():
-        text = md.read_text()
-        if "\n## Log\n" in text:
-            old_log = text.split("\n## Log\n", 1)[1].strip()
-    entry = meta.get("log_entry")
-    if entry and entry.splitlines()[0] not in old_log:
-        old_log = (entry + "\n\n" + old_log).strip()
-    lines += ["## Log", "", old_log, ""]
-    return "\n".join(lines)
+    # every heading two levels down, under the Log entry's own
+    body = "\n".join("##" + x if x.startswith(("## ", "### ")) else x for x in lines)
+    return current, body
 
 
 def _notes(raw: Path) -> list[str]:
@@ -831,11 +832,12 @@ def main() -> None:
             for s in all_settings
         }
         best = ", ".join(f"{s} {v}" for s, v in good.items())
-        meta["log_entry"] = (
-            f"### {date} {commit}: cells meeting every target: {best}\n\n"
-            f"`{command}`; {meta['timing']}."
-        )
-        md.write_text(render(runs, raw, md, meta))
+        verdict = f"cells meeting every target: {best}"
+        current, body = render(runs, raw, md, meta)
+        heading = f"### {date} {git_commit()}: {verdict}"
+        if md.is_file() and heading in md.read_text():
+            verdict = None  # rendered again at the same commit: the entry is there
+        write_results_file(md, current, verdict, body=body)
         panels = [
             x for x in all_settings if any(fnmatch.fnmatch(x, g) for g in args.panels.split(","))
         ]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from jlora.bench.cli import RunnerCache, run_bench
 from jlora.bench.config import BenchConfig
-from jlora.bench.results_file import run_header
+from jlora.bench.results_file import run_header, write_results_file
 from jlora.bench.seed import SEED_RANKS, seed_engine_config
 
 SEED_A100 = {  # the seed's own table: SGLang main vs the drainer PR at 3 s (A100, rate 4)
@@ -66,7 +66,12 @@ def main() -> None:
     p.add_argument("--settings", nargs="+", default=None, help="subset, e.g. off sglang@3")
     p.add_argument("--num-prompts", type=int, default=200)
     p.add_argument("--backend", default="engine", choices=["engine", "sim"])
-    p.add_argument("--out", default=None, help="markdown results file")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results file: its Current rewritten, a Log entry added on top of its Log",
+    )
+    p.add_argument("--log", default=None, help="the Log entry's verdict (default: the claim)")
     p.add_argument("--json", default=None, help="also append the raw metrics here")
     p.add_argument("--tensorboard-dir", default=None)
     p.add_argument(
@@ -95,10 +100,10 @@ def main() -> None:
             settings = [s for s in all_settings(sorted({0.5, 1.0, 3.0, *args.thresholds}))]
             settings = [s for s in settings if s in found]
             settings += sorted(found - set(settings))
-        text = render(args, settings, dict(sorted(tables.items())))
-        print(text)
+        tables = dict(sorted(tables.items()))
+        print(render(args, settings, tables))
         if args.out:
-            Path(args.out).write_text(text + "\n")
+            write_seed_results(args.out, args, settings, tables, raw=args.render)
         return
     engine = seed_engine_config(args.model)
     tables = {}
@@ -123,17 +128,66 @@ def main() -> None:
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps({"rate": rate, "metrics": out["metrics"]}) + "\n")
-    text = render(args, settings, tables)
-    print(text)
+    print(render(args, settings, tables))
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        write_seed_results(args.out, args, settings, tables, raw=[args.json] if args.json else [])
 
 
-def render(args, settings: list[str], tables: dict[float, dict]) -> str:
-    lines = [
+def claim(settings: list[str], tables: dict[float, dict]) -> list[str]:
+    """One line per rate: each setting's P99 TTFT and throughput against the first setting's."""
+    lines = []
+    for rate, metrics in tables.items():
+        names = [s for s in settings if s in metrics]
+        if len(names) < 2:
+            continue
+        base = metrics[names[0]]
+        cells = []
+        for n in names[1:]:
+            ttft = metrics[n]["p99_ttft_ms"] / base["p99_ttft_ms"] if base["p99_ttft_ms"] else 0
+            tput = (
+                metrics[n]["output_throughput"] / base["output_throughput"]
+                if base["output_throughput"]
+                else 0
+            )
+            cells.append(f"`{n}` {ttft:.2f}x / {tput:.2f}x")
+        lines.append(
+            f"rate {rate:g}: P99 TTFT / throughput against `{names[0]}`: " + ", ".join(cells)
+        )
+    return lines
+
+
+def write_seed_results(
+    out, args, settings: list[str], tables: dict[float, dict], raw: list[str]
+) -> None:
+    """Write ``out``: ``## Current`` (header, workload, the claim of :func:`claim`) over the old
+    one, and a Log entry (``--log``, default the claim) with the tables of :func:`render` on top
+    of the file's Log, which is kept."""
+    claims = claim(settings, tables) or ["no setting to compare"]
+    current = [
         "# The seed's experiment, reproduced",
         "",
+        "## Current",
+        "",
         *run_header().lines(),
+        *[f"- claim: {c}" for c in claims],
+        "- raw data: " + (", ".join(f"`{r}`" for r in raw) or "the tables of the newest Log entry"),
+        *(
+            [
+                "- rendered (`--render`): the header is the renderer's; the raw data's run "
+                "measured it"
+            ]
+            if args.render
+            else []
+        ),
+        "",
+    ]
+    body = render(args, settings, tables, heading="####")
+    write_results_file(out, "\n".join(current) + "\n", args.log or "; ".join(claims), body=body)
+
+
+def render(args, settings: list[str], tables: dict[float, dict], heading: str = "##") -> str:
+    """The run's tables, one per rate beside the seed's A100 figures, under ``heading``."""
+    lines = [
         f"- backend: {args.backend}; workload: `{args.model}` preset, dummy weights, bfloat16; "
         "6 dummy adapters of ranks "
         f"{', '.join(map(str, SEED_RANKS))} on all seven modules; {args.num_prompts} prompts, "
@@ -142,7 +196,7 @@ def render(args, settings: list[str], tables: dict[float, dict]) -> str:
     ]
     for rate, metrics in tables.items():
         names = [s for s in settings if s in metrics]
-        lines += [f"## Rate {rate:g} req/s", ""]
+        lines += [f"{heading} Rate {rate:g} req/s", ""]
         head = "| Metric | seed main (A100, rate 4) | seed PR @3 s (A100) | " + " | ".join(names)
         lines += [head + " |", "| --- |" + " ---: |" * (2 + len(names))]
         for label, key in ROWS:

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jlora.bench.results_file import run_header
+from jlora.bench.results_file import run_header, write_results_file
 
 ROOT = Path(__file__).resolve().parent.parent
 RANKS = (8, 16, 16, 32, 64, 8)  # the seed's adapters (experiments/seed_repro.py)
@@ -455,6 +455,48 @@ def render(data: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def claim(data: dict) -> str:
+    """What the parts in ``data`` show: the CPU checks' token equality, and the GPU parts run."""
+    parts = []
+    cpu = data.get("cpu")
+    if cpu:
+        runs = list(cpu["equivalence"].values()) + list(cpu["distributed"])
+        equal = all(r["tokens_equal"] is True for r in runs)
+        worst = max(r["max_logit_diff"] for r in runs)
+        parts.append(
+            f"CPU checks: tokens {'equal to' if equal else 'DIFFERENT from'} tp 1's in "
+            f"{len(runs)} runs (tp > 1 and two processes; max abs logit difference {worst:.1e})"
+        )
+    gpu = [k for k in GPU_PARTS if k in data]
+    parts.append(f"GPU parts run: {', '.join(gpu)}" if gpu else "GPU parts not run")
+    return "; ".join(parts)
+
+
+def write_tp_results(out, data: dict, command: str, verdict: str | None, raw: str) -> None:
+    """Write ``out``: ``## Current`` (the renderer's header, the claim of :func:`claim`) over the
+    old one, and a Log entry (``verdict``, default the claim) with the whole rendering, its
+    sections one level down, on top of the file's Log, which is kept."""
+    text = claim(data)
+    dates = ", ".join(
+        f"{k} {v['date']}" for k, v in data.items() if isinstance(v, dict) and "date" in v
+    )
+    current = [
+        "# Tensor parallelism",
+        "",
+        "## Current",
+        "",
+        *run_header(command=command).lines(),
+        f"- rendered from the parts' raw data; each part's own date and device are in the Log "
+        f"entry ({dates or 'no part'})",
+        f"- claim: {text}",
+        f"- raw data: `{raw}`",
+        "",
+    ]
+    body = render(data, command).split("\n", 1)[1]  # without the title
+    body = "\n".join("##" + line if line.startswith("## ") else line for line in body.split("\n"))
+    write_results_file(out, "\n".join(current) + "\n", verdict or text, body=body)
+
+
 def _gpu_lines(gpu: dict) -> list[str]:
     lines = []
     first = next(iter(gpu.values()))
@@ -503,7 +545,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="*", default=[], choices=["cpu", *GPU_PARTS])
     parser.add_argument("--json", required=True, help="results file, read and extended")
-    parser.add_argument("--out", default=None, help="write the markdown here")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results file: its Current rewritten, a Log entry added on top of its Log",
+    )
+    parser.add_argument("--log", default=None, help="the Log entry's verdict (default: the claim)")
     parser.add_argument("--drainer", default="sglang@3", help="off, or POLICY@SECONDS")
     parser.add_argument("--rate", type=float, default=4.0)
     parser.add_argument("--num-prompts", type=int, default=200)
@@ -529,7 +576,7 @@ def main() -> None:
         path.write_text(json.dumps(data, indent=1) + "\n")
     command = "PYTHONPATH=. python experiments/tensor_parallel.py " + " ".join(sys.argv[1:])
     if args.out:
-        Path(args.out).write_text(render(data, command) + "\n")
+        write_tp_results(args.out, data, command, args.log, args.json)
         print(f"wrote {args.out}")
 
 

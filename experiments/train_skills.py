@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from jlora.bench.results_file import run_header
+from jlora.bench.results_file import run_header, write_results_file
 from jlora.config import EngineConfig
 from jlora.engine import Engine
 from jlora.train import TrainConfig, export_base_model, export_peft_adapter, train_base, train_lora
@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--results", default=str(ROOT / "experiments/results/skills.md"), help="'' to skip"
     )
+    p.add_argument("--log", default=None, help="the Log entry's verdict (default: the claim)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -151,32 +152,56 @@ def main(argv: list[str] | None = None) -> None:
             argv or sys.argv[1:]
         )
         times = (t_base, t_train, t_all)
-        write_results(Path(args.results), table, command.strip(), len(prompts), same, times)
+        write_results(
+            Path(args.results), table, command.strip(), len(prompts), same, times, args.log
+        )
 
 
 def write_results(
-    path: Path, table: str, command: str, n: int, same: bool, times: tuple[float, float, float]
+    path: Path,
+    table: str,
+    command: str,
+    n: int,
+    same: bool,
+    times: tuple[float, float, float],
+    verdict: str | None = None,
 ) -> None:
+    """Write ``path`` through ``write_results_file``: ``## Current`` (header, claim, the exact-match
+    ``table``) over the old one, and a Log entry (``verdict``, default the claim) with the table
+    and how it was served on top of the file's Log, which is kept."""
     t_base, t_train, t_all = times
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = run_header(command=command)
-    text = f"""# Skills adapters: exact match on held-out prompts
+    adapters = len(table.splitlines()) - 3
+    claim = (
+        f"exact match of {adapters} skills adapters on {n} held-out prompts, served in one "
+        f"mixed batch (the table); `Engine.generate` gives "
+        + ("the same outputs as" if same else "DIFFERENT outputs from")
+        + " score-based greedy decoding"
+    )
+    current = f"""# Skills adapters: exact match on held-out prompts
 
-Rows: the adapter each request was served with (`none`: the base model alone). Columns: the
-skill whose answer the greedy output was checked against, token for token, EOS included. All
-{len(table.splitlines()) - 2} rows x {n} held-out prompts were served as one mixed batch through
-`Engine.score`-based greedy decoding of the exported files (`jlora/assets/skills`). The same
-mixed batch served through `Engine.generate` (scheduler, paged KV cache, adapter slots) gave
-{"identical" if same else "DIFFERENT"} outputs.
+## Current
+
+{chr(10).join(header.lines())}
+- claim: {claim}
+- time: base {t_base:.0f} s, base + {adapters} adapters {t_train:.0f} s, total with evaluation \
+{t_all:.0f} s
+- raw data: the table (also in the newest Log entry; `jlora/assets/skills/skills.json` keeps \
+the rates)
 
 {table}
 
-{header.lines()[0]}
-- time: base {t_base:.0f} s, base + {len(table.splitlines()) - 3} adapters {t_train:.0f} s,
-  total with evaluation {t_all:.0f} s
-{header.lines()[1]}
 """
-    path.write_text(text)
+    body = (
+        "Rows: the adapter each request was served with (`none`: the base model alone). "
+        "Columns: the skill whose answer the greedy output was checked against, token for "
+        f"token, EOS included. All {adapters + 1} rows x {n} held-out prompts were served as one "
+        "mixed batch through `Engine.score`-based greedy decoding of the exported files "
+        "(`jlora/assets/skills`). The same mixed batch served through `Engine.generate` "
+        "(scheduler, paged KV cache, adapter slots) gave "
+        f"{'identical' if same else 'DIFFERENT'} outputs.\n\n{table}\n"
+    )
+    write_results_file(path, current, verdict or claim, body=body)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from jlora.bench.results_file import REPO_ROOT as ROOT
-from jlora.bench.results_file import command_line, git_commit
+from jlora.bench.results_file import command_line, git_commit, write_results_file
 
 # Per model: the engine setting calibrated (kept small enough to compile and run in minutes) and
 # how much to measure. ``tiny`` is the setting of ``make demo``; the 8B one that of the seed.
@@ -182,11 +182,10 @@ def _ms(seconds: float) -> str:
 
 
 def summary_markdown(cost, command: str, clock: str) -> str:
+    """The fit's tables and setting (the body of the calibration's Log entry)."""
     info, fit = cost.info, cost.info["fit"]
     cal = info["calibrated_with"]
     lines = [
-        f"# Cost model: {info['device']} / {info['model']}",
-        "",
         f"- date: {info['date']}; device: {info['device_kind']}; jax {info['jax']}; clock: {clock}",
         f"- calibrated setting: {', '.join(f'{k}={v}' for k, v in cal.items())}",
         f"- calibration took {info['calibration_seconds']} s (after compiling)",
@@ -247,11 +246,11 @@ def summary_markdown(cost, command: str, clock: str) -> str:
             f"{_ms(statistics.median(r[0] for r in rows))} | "
             f"{_ms(statistics.median(r[1] for r in rows))} |"
         )
-    lines += ["", *load_markdown(cost), ""]
+    lines += ["", *load_markdown(cost, heading="####"), ""]
     return "\n".join(lines)
 
 
-def load_markdown(cost) -> list[str]:
+def load_markdown(cost, heading: str = "##") -> list[str]:
     """The load terms, and which build measured them."""
     terms = cost.info.get("load_terms")
     if terms is None:
@@ -270,7 +269,7 @@ def load_markdown(cost) -> list[str]:
         )
     device = cost.load_device
     return [
-        "## Adapter loads",
+        f"{heading} Adapter loads",
         "",
         f"- slot load, host part (the host loop is held): {_ms(cost.load['const'])} ms + "
         f"{_ms(cost.load['rank'])} ms x rank",
@@ -287,18 +286,64 @@ def write_outputs(cost, args, clock: str) -> tuple[Path, Path]:
     json_path = Path(args.out) if args.out else json_path
     md_path = Path(args.summary) if args.summary else md_path
     cost.save(json_path)
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    command = command_line()
-    if getattr(args, "loads_only", False) and md_path.is_file():
-        # the step terms' summary stays as it was; only the loads' section is written again
-        text = md_path.read_text()
-        for mark in ("## Adapter loads", "Adapter slot load:"):
-            text = text.split(mark, 1)[0]
-        md_path.write_text(text.rstrip("\n") + "\n\n" + "\n".join(load_markdown(cost)) + "\n")
-    else:
-        md_path.write_text(summary_markdown(cost, command, clock))
+    write_summary(cost, md_path, json_path, clock, getattr(args, "loads_only", False))
     print(f"wrote {json_path} and {md_path}", flush=True)
     return json_path, md_path
+
+
+def _summary_claim(cost) -> str:
+    """The fit's median relative error per step kind over the served burst."""
+    fit = cost.info["fit"]
+    errs = [
+        f"{kind} {100 * fit[kind]['serving']['median_rel_err']:.1f}%"
+        for kind in ("prefill", "decode")
+        if fit.get(kind, {}).get("serving", {}).get("samples")
+    ]
+    return (
+        f"cost model of `{cost.info['model']}` on {cost.info['device_kind']}: median error of "
+        "the served burst's steps " + (", ".join(errs) or "not measured")
+    )
+
+
+def write_summary(cost, md_path: Path, json_path: Path, clock: str, loads_only: bool) -> None:
+    """Write the cost model's results file ``md_path`` through ``write_results_file``: its
+    ``## Current`` rewritten (with ``loads_only``, the old one kept but for its load-terms line),
+    and a Log entry on top of its Log, which is kept: the whole fit, or the load terms alone."""
+    info = cost.info
+    command = command_line()
+    commit, date = git_commit(), time.strftime("%Y-%m-%d")
+    shown = json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path
+    old = md_path.read_text() if md_path.is_file() else ""
+    if loads_only and "## Log" in old:
+        kept = [
+            line
+            for line in old.split("## Log", 1)[0].rstrip("\n").splitlines()
+            if not line.startswith("- load terms re-measured:")
+        ]
+        current = "\n".join(kept) + "\n"
+        current += f"- load terms re-measured: commit `{commit}`, {date} (the newest Log entry)\n\n"
+        verdict = f"load terms of `{info['model']}` on {info['device_kind']} re-measured"
+        body = "\n".join([f"- command: `{command}`", "", *load_markdown(cost, heading="####")])
+    else:
+        claim = _summary_claim(cost)
+        current = "\n".join(
+            [
+                f"# Cost model: {info['device']} / {info['model']}",
+                "",
+                "## Current",
+                "",
+                f"- commit `{commit}`, {date}; device: {info['device_kind']}; jax {info['jax']}; "
+                f"clock: {clock}",
+                f"- command: `{command}`",
+                f"- claim: {claim} (the fit's tables: the newest Log entry)",
+                f"- raw data: `{shown}` (the cost model)",
+                "",
+            ]
+        )
+        current += "\n"
+        verdict = claim
+        body = summary_markdown(cost, command, clock)
+    write_results_file(md_path, current, verdict, body=body)
 
 
 def recalibrate_loads(args, s: dict, clock):
