@@ -594,8 +594,9 @@ def heatmap_path(md: Path) -> Path:
 
 
 def render(runs, raw: Path, md: Path, meta: dict) -> tuple[str, str]:
-    """The results file's ``## Current`` (title included) and the body of the run's Log entry
-    (dominance, the hand-written notes, the cells and the ratio tables, headed one level down)."""
+    """The results file's ``## Current`` (title included, with the dominance table: the claim) and
+    the body of the run's Log entry (the misses, the hand-written notes, the cells and the ratio
+    tables, headed two levels down)."""
     import jax
 
     cells = [c.name for c in CELLS if c.name in runs] + sorted(set(runs) - {c.name for c in CELLS})
@@ -631,16 +632,21 @@ def render(runs, raw: Path, md: Path, meta: dict) -> tuple[str, str]:
         f"setting (drainer off, {CAPACITY_PROMPTS} requests sent at once): "
         f"{meta.get('capacity', 'n/a')} req/s, so "
         f"the overload cell runs at {OVERLOAD:g}x that",
-        "- tables (dominance, cells, ratios to the drainer off): the newest Log entry",
+        "- the misses with their figures, the cells and the ratios to the drainer off: the "
+        "newest Log entry",
         "",
     ]
-    current = "\n".join(lines) + "\n"
+    # The dominance table is the claim: it stays in Current; the misses behind it go to the Log.
+    table = dominance(runs, settings, cells)
+    split = next((i for i, x in enumerate(table) if x.startswith("Misses")), len(table))
+    lines += [*table[:split]]
+    current = "\n".join(lines).rstrip() + "\n\n"
     lines = [
         f"`{meta['command']}`; {meta['timing']}.",
         "",
-        "## Dominance",
+        "## Misses",
         "",
-        *dominance(runs, settings, cells),
+        *table[split:],
         "",
         *_notes(raw),
         "## Cells",
