@@ -66,7 +66,7 @@ class DemoConfig:
     threshold: float = 1.0
     """Drain wait threshold of both drainers, seconds. Over the workload suite of the 8B model
     ``fair`` fares best at 3 s (``experiments/results/policy_suite.md``); the tiny model's requests
-    end several times sooner (a median E2E near 1.3 s with the drainer off), so 1 s here."""
+    end several times sooner than the 8B model's (the README's demo table), so 1 s here."""
     real: bool = True
     """Run the real part after the simulated one (``--no-real``: the simulated part only)."""
     max_real_seconds: float = 600.0
