@@ -511,13 +511,16 @@ class FairDrainer(PreemptDrainer):
         self.hot = {a for a in running if demand.get(a, 0) >= share}
         return need
 
+    def _outlasts_grace(self, sched: Scheduler, req: Request) -> bool:
+        """Whether a pause would stall ``req``: more than ``GRACE`` seconds left at the measured
+        decode step. The victim's choice and its pauses read the same test."""
+        return req.remaining_budget * (sched.decode_seconds or 0.0) > self.GRACE
+
     def _hurt(self, sched: Scheduler) -> dict[Adapter, int]:
-        """Per running adapter, its requests that a pause would stall: more than ``GRACE``
-        seconds left at the measured decode step."""
-        step = sched.decode_seconds or 0.0
+        """Per running adapter, its requests that a pause would stall."""
         hurt: dict[Adapter, int] = {}
         for r in sched.running:
-            if r.remaining_budget * step > self.GRACE:
+            if self._outlasts_grace(sched, r):
                 hurt[r.lora_name] = hurt.get(r.lora_name, 0) + 1
         return hurt
 
@@ -531,11 +534,8 @@ class FairDrainer(PreemptDrainer):
     def _victims_to_pause(self, sched: Scheduler, now: float) -> list[Request]:
         if not self.marks:
             return []
-        step = sched.decode_seconds or 0.0
         return [
             r
             for r in sched.running
-            if r.lora_name in self.marks
-            and not r.in_prefill
-            and r.remaining_budget * step > self.GRACE
+            if r.lora_name in self.marks and not r.in_prefill and self._outlasts_grace(sched, r)
         ]
