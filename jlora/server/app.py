@@ -182,6 +182,17 @@ async def _events(server: Server, stream: RequestStream) -> AsyncIterator[tuple[
             server.loop.abort(stream)
 
 
+async def _gather(server: Server, stream: RequestStream) -> tuple[str, RequestOutput]:
+    """A request that is not streamed: its pieces of text joined, and its output."""
+    pieces, out = [], None
+    async for kind, value in _events(server, stream):
+        if kind == "delta":
+            pieces.append(value)
+        else:
+            out = value
+    return "".join(pieces), out
+
+
 def _usage(prompt_len: int, out: RequestOutput) -> dict:
     n = len(out.token_ids)
     return {"prompt_tokens": prompt_len, "completion_tokens": n, "total_tokens": prompt_len + n}
@@ -304,13 +315,8 @@ def build_app(server: Server) -> FastAPI:
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
         if not body.stream:
-            pieces, out = [], None
-            async for kind, value in _events(server, stream):
-                if kind == "delta":
-                    pieces.append(value)
-                else:
-                    out = value
-            text = out.text if out.text is not None else "".join(pieces)
+            joined, out = await _gather(server, stream)
+            text = out.text if out.text is not None else joined
             return {
                 **head,
                 "choices": [choice(text, _finish_reason(out))],
@@ -340,13 +346,8 @@ def build_app(server: Server) -> FastAPI:
         stream = await server.start(body, prompt, max_tokens)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if not body.stream:
-            pieces, out = [], None
-            async for kind, value in _events(server, stream):
-                if kind == "delta":
-                    pieces.append(value)
-                else:
-                    out = value
-            message = {"role": "assistant", "content": out.text or "".join(pieces)}
+            joined, out = await _gather(server, stream)
+            message = {"role": "assistant", "content": out.text or joined}
             return {
                 "id": rid,
                 "object": "chat.completion",
