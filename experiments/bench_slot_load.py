@@ -79,14 +79,17 @@ def _old_put(slots, slot: int, adapter) -> None:
     """``SlotBuffers.put`` as it was before #17 (commit bac44e0): the padded layout of one slot
     built on the host, every leaf handed to one jitted write."""
     import jax.numpy as jnp
+    import numpy as np
 
     from jlora.adapters.slots import adapter_to_groups
     from jlora.kernels.types import LoraGroup
 
     host = adapter_to_groups(adapter, slots.cfg, slots.max_rank, slots.dtype, slots.tp)
-    values = tuple(
-        {g: LoraGroup(a=a, b=b, scale=s) for g, (a, b, s) in layer.items()} for layer in host
-    )
+    # stacked over the layers as today's buffers are (the old buffers were one group per layer)
+    values = {
+        g: LoraGroup(*(np.stack([layer[g][i] for layer in host]) for i in range(3)))
+        for g in host[0]
+    }
     slots._layers = _old_write(slots.layers, jnp.int32(slot), values)
 
 
@@ -97,7 +100,7 @@ def _old_write_fn():
     @functools.partial(jax.jit, donate_argnums=(0,))
     def write(buffers, slot, values):
         return jax.tree.map(
-            lambda buf, val: buf.at[slot].set(val.astype(buf.dtype)), buffers, values
+            lambda buf, val: buf.at[:, slot].set(val.astype(buf.dtype)), buffers, values
         )
 
     return write

@@ -69,8 +69,11 @@ class LlamaParams:
 
 TP_AXIS = "tp"  # the mesh axis tensor parallelism splits over
 
-# Per layer, the slot buffers of each module group ("qkv", "o", "gate_up", "down").
-LoraLayers = tuple[dict[str, LoraGroup], ...]
+LoraSlots = dict[str, LoraGroup]
+"""Per module group ("qkv", "o", "gate_up", "down") the slot buffers of every layer, stacked:
+``a [L, S, M, R, d_in]``, ``b [L, S, O, R]``, ``scale [L, S, M]``. Stacked rather than one
+group per layer so that a step or a slot write passes 12 buffers, not ``12 * L``: the host cost
+of a jitted call grows with its buffers (``experiments/results/slot_load.md``)."""
 
 
 class Attention(Protocol):
@@ -161,7 +164,7 @@ def forward(
     positions: jax.Array,  # [T] int32
     attention: Attention,
     kv_state=None,
-    lora: LoraLayers | None = None,
+    lora: LoraSlots | None = None,
     lora_batch: LoraBatch | None = None,
     lora_backend: str = "xla",
     tp_axis: str | None = None,
@@ -178,7 +181,9 @@ def forward(
     def add_lora(y: jax.Array, x: jax.Array, layer: int, group: str, sizes) -> jax.Array:
         if lora is None:
             return y
-        delta = lora_group_delta(x, lora[layer][group], lora_batch, sizes, backend=lora_backend)
+        delta = lora_group_delta(
+            x, lora[group], lora_batch, sizes, backend=lora_backend, layer=layer
+        )
         return y + delta
 
     def row_parallel(x: jax.Array, w: jax.Array, bias, layer: int, group: str) -> jax.Array:

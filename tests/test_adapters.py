@@ -166,13 +166,13 @@ def test_slot_put_writes_only_its_slot():
     slots.put(0, first)
     slots.put(2, second)
     want = adapter_to_groups(second, cfg, 8, "float32")
-    for layer, groups in enumerate(slots.layers):
-        for g, buf in groups.items():
+    for g, buf in slots.layers.items():  # a [L, S, ...]
+        for layer in range(cfg.num_layers):
             a, b, scale = want[layer][g]
-            np.testing.assert_array_equal(np.asarray(buf.a[2]), a)
-            np.testing.assert_array_equal(np.asarray(buf.b[2]), b)
-            np.testing.assert_array_equal(np.asarray(buf.scale[2]), scale)
-            assert not np.asarray(buf.a[1]).any()  # untouched slot stays empty
+            np.testing.assert_array_equal(np.asarray(buf.a[layer, 2]), a)
+            np.testing.assert_array_equal(np.asarray(buf.b[layer, 2]), b)
+            np.testing.assert_array_equal(np.asarray(buf.scale[layer, 2]), scale)
+        assert not np.asarray(buf.a[:, 1]).any()  # untouched slot stays empty
     assert list(slots.slot_rank) == [4, 0, 8] and slots.occupant == ["p", None, "q"]
     slots.put(0, None)
-    assert not np.asarray(slots.layers[0]["qkv"].a[0]).any() and slots.slot_rank[0] == 0
+    assert not np.asarray(slots.layers["qkv"].a[:, 0]).any() and slots.slot_rank[0] == 0

@@ -361,3 +361,56 @@ def test_dispatcher_refusals():
         lora_group_delta(x, group, batch, out_sizes, backend="triton")
     with pytest.raises(ValueError, match="platform='rocm'"):
         lora_group_delta(x, group, batch, out_sizes, backend="pallas", platform="rocm")
+
+
+def _stacked_layers(seed: int, num_layers: int, shape, ranks=(8, 16, 0, 4, 32), max_rank=32):
+    """Per-layer groups of different contents, and the same stacked [L, S, ...] (slots' layout)."""
+    rng = np.random.default_rng(seed)
+    d_in, out_sizes = shape
+    groups = [make_group(rng, ranks, max_rank, d_in, out_sizes) for _ in range(num_layers)]
+    stacked = jax.tree.map(lambda *per_layer: jnp.stack(per_layer), *groups)
+    return groups, stacked
+
+
+@pytest.mark.parametrize("backend, platform", [("xla", None), ("pallas", "gpu"), ("pallas", "tpu")])
+def test_dispatcher_reads_one_layer_of_stacked_buffers(backend, platform):
+    """With ``layer``, every backend computes that layer's delta from the stacked buffers: the
+    kernels' row ``layer * S + slot``, never a neighbouring layer's rows."""
+    rng = np.random.default_rng(17)
+    groups, stacked = _stacked_layers(17, 3, QKV)
+    ranks = np.array((8, 16, 0, 4, 32), np.int32)
+    batch = make_lora_batch(routing(rng, 37, ranks, "mixed"), ranks)
+    x = jnp.asarray(rng.normal(size=(37, QKV[0])), jnp.bfloat16)
+    out_sizes = QKV[1]
+    run = jax.jit(
+        lambda x, stacked, batch, layer: lora_group_delta(
+            x, stacked, batch, out_sizes, backend=backend, layer=layer, platform=platform
+        ),
+        static_argnums=3,
+    )
+    for layer, group in enumerate(groups):
+        y = run(x, stacked, batch, layer)
+        if backend == "xla":
+            np.testing.assert_array_equal(y, lora_group_ref(x, group, batch, out_sizes))
+        else:
+            assert_matches(y, x, group, batch, out_sizes)
+
+
+def test_gpu_split_launch_reads_rows_from_slot_base():
+    """The split (shrink + expand) launch indexes the stacked rows as the fused one does."""
+    rng = np.random.default_rng(18)
+    groups, stacked = _stacked_layers(18, 2, DOWN)
+    ranks = np.array((8, 16, 0, 4, 32), np.int32)
+    batch = make_lora_batch(routing(rng, 24, ranks, "uniform"), ranks)
+    x = jnp.asarray(rng.normal(size=(24, DOWN[0])), jnp.bfloat16)
+    flat = jax.tree.map(lambda buf: buf.reshape(-1, *buf.shape[2:]), stacked)
+    blocks = GpuBlocks(block_t=16, block_k=32, block_o=32, o_chunk=32, split_k=3)
+    y = lora_group_gpu(x, flat, batch, DOWN[1], slot_base=len(ranks), blocks=blocks, interpret=True)
+    assert_matches(y, x, groups[1], batch, DOWN[1])
+
+
+def test_dispatcher_refuses_a_layer_outside_the_stack():
+    _, stacked = _stacked_layers(19, 2, O_PROJ)
+    x, _, batch, out_sizes = case(19, 4, "uniform", O_PROJ)
+    with pytest.raises(ValueError, match=r"layer=2 outside \[0, L=2\)"):
+        lora_group_delta(x, stacked, batch, out_sizes, backend="xla", layer=2)

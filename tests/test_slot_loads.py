@@ -52,10 +52,10 @@ def _config(**overrides) -> EngineConfig:
 
 def _assert_slot_holds(slots: SlotBuffers, slot: int, adapter, tp: int = 1) -> None:
     want = adapter_to_groups(adapter, slots.cfg, slots.max_rank, slots.dtype, tp)
-    for layer, groups in enumerate(slots.layers):
-        for g, buf in groups.items():
+    for g, buf in slots.layers.items():  # a [L, S, ...]
+        for layer in range(slots.cfg.num_layers):
             for got, ref in zip((buf.a, buf.b, buf.scale), want[layer][g], strict=True):
-                np.testing.assert_array_equal(np.asarray(got[slot]), ref)
+                np.testing.assert_array_equal(np.asarray(got[layer, slot]), ref)
 
 
 # ---------------------------------------------------------------- layout and buffers
@@ -114,7 +114,7 @@ def test_a_pending_load_is_written_when_a_step_uses_its_slot(monkeypatch):
     assert slots.pending == (2,)
     before = slots.layers_for([0, 1])  # a step that does not read slot 2: not written
     assert slots.pending == (2,)
-    assert not np.asarray(before[0]["qkv"].a[2]).any()
+    assert not np.asarray(before["qkv"].a[:, 2]).any()
     slots.layers_for([2])
     assert slots.pending == ()
     _assert_slot_holds(slots, 2, adapter)

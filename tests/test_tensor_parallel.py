@@ -63,8 +63,8 @@ def test_arrays_are_split_as_documented(equivalence, tp):
     assert shards["w_qkv"] == [MODEL["hidden_size"], qkv // tp]  # column-parallel
     assert shards["w_o"][0] == MODEL["num_attention_heads"] * MODEL["head_dim"] // tp  # row
     assert shards["lm_head"][1] == MODEL["vocab_size"] // tp
-    assert shards["lora_qkv_b"][1] == qkv // tp  # LoRA B split with its column-parallel base
-    assert shards["lora_down_a"][3] == MODEL["intermediate_size"] // tp  # LoRA A with its row
+    assert shards["lora_qkv_b"][2] == qkv // tp  # LoRA B [L, S, O, R] split with its column base
+    assert shards["lora_down_a"][4] == MODEL["intermediate_size"] // tp  # LoRA A with its row
     # after serving (slot writes, donated steps) the arrays are still split the same way
     assert "'tp'" in shards["kv_spec"] and "'tp'" in shards["lora_qkv_b_spec"]
     assert "'tp'" in shards["lora_down_a_spec"]

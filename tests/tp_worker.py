@@ -106,7 +106,7 @@ def shard_shapes(engine) -> dict:
     def spec(x):
         return str(getattr(x.sharding, "spec", None))
 
-    lp, lora = r.params.layers[0], r.slots.layers[0]
+    lp, lora = r.params.layers[0], r.slots.layers
     return {
         "kv": local(r.kv.k),
         "kv_spec": spec(r.kv.k),

@@ -1,8 +1,11 @@
 """Device slots: the LoRA buffers the forward reads (``max_loras_per_batch`` x ``max_lora_rank``),
 and the host layout adapters are kept in to be loaded into them.
 
-Per layer and module group (qkv, o, gate_up, down) one :class:`~jlora.kernels.LoraGroup` stacked
-over the slots. How an adapter gets into a slot:
+Per module group (qkv, o, gate_up, down) one :class:`~jlora.kernels.LoraGroup` stacked over the
+layers and the slots (``a [L, S, M, R, d_in]``, :data:`models.llama.LoraSlots`): twelve buffers,
+which every step and every slot write pass to a jitted call. (One group per layer made 384 buffers
+for the 32 layers of an 8B model, and dispatching a call over them held the host 2-3 ms on an
+H100: ``experiments/results/slot_load.md``.) How an adapter gets into a slot:
 
 1. **Read** (once, when the host cache reads it): :meth:`SlotBuffers.host_adapter` lays the
    adapter out as a slot holds it, a :class:`SlotAdapter`: per group, arrays stacked over the
@@ -12,8 +15,9 @@ over the slots. How an adapter gets into a slot:
 2. **Load** (:meth:`SlotBuffers.put`): the twelve arrays are sent to the device, asynchronously;
    only the adapter's rank rows cross the bus. ``put`` returns at once and reads nothing back.
 3. **Write** (:meth:`SlotBuffers.layers_for`, called by the step that reads the buffers): one
-   jitted update, the buffers donated, writes rows ``[:r]`` of the slot in every layer and zeroes
-   rows ``[r:R]`` on the device, so that a smaller rank after a larger one leaves no stale rows.
+   jitted update of the twelve buffers, donated, writes rows ``[:r]`` of the slot in every layer
+   and zeroes rows ``[r:R]`` on the device, so that a smaller rank after a larger one leaves no
+   stale rows.
    The write is issued when a step uses the slot (that step waits for the transfer), or earlier
    once the transfer has landed: a step that does not use the slot does not wait for the bus.
    (Writing at ``put`` would order every later step after the transfer: the steps read the
@@ -48,13 +52,14 @@ from jlora.adapters.peft import LoraAdapter
 from jlora.kernels.types import MODULE_GROUPS, LoraGroup
 from jlora.tensor_parallel import put_host, sharded_zeros
 from models.config import ModelConfig
-from models.llama import TP_AXIS, LoraLayers, fused_column_order
+from models.llama import TP_AXIS, LoraSlots, fused_column_order
 from models.weights import DTYPES
 
 _COLUMN = LoraGroup(a=P(), b=P(None, TP_AXIS, None), scale=P())  # B split on the output dim
 _ROW = LoraGroup(a=P(None, None, None, TP_AXIS), b=P(), scale=P())  # A split on the input dim
-# How each group's buffers [S, ...] are split over the tensor-parallel axis. The leading dim is
-# never split, so a SlotAdapter's arrays [L, ...] take the same specs.
+# How each group's arrays [S or L, ...] (a SlotAdapter's, one layer's buffers) are split over the
+# tensor-parallel axis. The leading dim is never split; the stacked buffers [L, S, ...] take these
+# specs behind one more unsplit dim (lora_specs).
 GROUP_SHARDING: dict[str, LoraGroup] = {
     "qkv": _COLUMN,
     "o": _ROW,
@@ -69,9 +74,12 @@ SlotGroups = dict[str, LoraGroup]
 ``b [L, O, r]``, ``scale [L, M]`` float32 (numpy, or jax arrays in pinned host memory)."""
 
 
-def lora_specs(num_layers: int) -> LoraLayers:
-    """The PartitionSpecs of a :class:`SlotBuffers`' ``layers`` (a pytree of the same structure)."""
-    return tuple(dict(GROUP_SHARDING) for _ in range(num_layers))
+def lora_specs() -> LoraSlots:
+    """The PartitionSpecs of a :class:`SlotBuffers`' ``layers`` (a pytree of the same structure):
+    :data:`GROUP_SHARDING` behind the unsplit layer dim."""
+    return {
+        g: jax.tree.map(lambda spec: P(None, *spec), specs) for g, specs in GROUP_SHARDING.items()
+    }
 
 
 def group_out_sizes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -224,32 +232,32 @@ def _padded(x: jax.Array, axis: int, size: int, dtype) -> jax.Array:
 
 @functools.partial(jax.jit, donate_argnums=(0,))
 def _write_slot(
-    buffers: LoraLayers,  # per layer, per group: a [S, M, R, in], b [S, O, R], scale [S, M]
+    buffers: LoraSlots,  # per group: a [L, S, M, R, in], b [L, S, O, R], scale [L, S, M]
     slot: jax.Array,  # [] int32; traced, so one compilation serves every slot index
     values: SlotGroups | None,  # a [L, M, r, in], b [L, O, r], scale [L, M]; None: clear
-) -> LoraLayers:
+) -> LoraSlots:
     """Slot ``slot`` of every layer set to ``values``, rows ``r..R`` zeroed (compiled per rank
-    bucket ``r``)."""
-    out = []
-    for layer, groups in enumerate(buffers):
-        new = {}
-        for g, buf in groups.items():
-            if values is None:
-                a = jnp.zeros(buf.a.shape[1:], buf.a.dtype)
-                b = jnp.zeros(buf.b.shape[1:], buf.b.dtype)
-                scale = jnp.zeros(buf.scale.shape[1:], buf.scale.dtype)
-            else:
-                v = values[g]
-                a = _padded(v.a[layer], 1, buf.a.shape[2], buf.a.dtype)
-                b = _padded(v.b[layer], 1, buf.b.shape[2], buf.b.dtype)
-                scale = v.scale[layer].astype(buf.scale.dtype)
-            new[g] = LoraGroup(
-                a=jax.lax.dynamic_update_index_in_dim(buf.a, a, slot, 0),
-                b=jax.lax.dynamic_update_index_in_dim(buf.b, b, slot, 0),
-                scale=jax.lax.dynamic_update_index_in_dim(buf.scale, scale, slot, 0),
-            )
-        out.append(new)
-    return tuple(out)
+    bucket ``r``): one in-place update per buffer."""
+
+    def put(buf: jax.Array, value: jax.Array | None, rank_axis: int | None) -> jax.Array:
+        shape = (buf.shape[0], *buf.shape[2:])  # one slot of every layer
+        if value is None:
+            value = jnp.zeros(shape, buf.dtype)
+        elif rank_axis is not None:
+            value = _padded(value, rank_axis, shape[rank_axis], buf.dtype)
+        value = value.astype(buf.dtype)[:, None]  # [L, 1, ...]
+        start = (0, slot) + (0,) * (buf.ndim - 2)
+        return jax.lax.dynamic_update_slice(buf, value, start)
+
+    out = {}
+    for g, buf in buffers.items():
+        v = None if values is None else values[g]
+        out[g] = LoraGroup(
+            a=put(buf.a, None if v is None else v.a, 2),  # a [L, M, r, in]: rank axis 2
+            b=put(buf.b, None if v is None else v.b, 2),  # b [L, O, r]
+            scale=put(buf.scale, None if v is None else v.scale, None),
+        )
+    return out
 
 
 def pinned_host_supported(device: jax.Device) -> bool:
@@ -287,19 +295,17 @@ class SlotBuffers:
                 return jnp.zeros(shape, dtype, device=device)
             return sharded_zeros(shape, dtype, NamedSharding(mesh, spec))
 
-        shapes = slot_buffer_shapes(cfg, num_slots, max_rank)
+        shapes, specs = slot_buffer_shapes(cfg, num_slots, max_rank), lora_specs()
 
         def empty_group(group: str) -> LoraGroup:
-            shape, spec = shapes[group], GROUP_SHARDING[group]
+            shape, spec, layers = shapes[group], specs[group], (cfg.num_layers,)
             return LoraGroup(
-                a=zeros(shape.a, jdtype, spec.a),
-                b=zeros(shape.b, jdtype, spec.b),
-                scale=zeros(shape.scale, jnp.float32, spec.scale),
+                a=zeros(layers + shape.a, jdtype, spec.a),
+                b=zeros(layers + shape.b, jdtype, spec.b),
+                scale=zeros(layers + shape.scale, jnp.float32, spec.scale),
             )
 
-        self._layers: LoraLayers = tuple(
-            {g: empty_group(g) for g in MODULE_GROUPS} for _ in range(cfg.num_layers)
-        )
+        self._layers: LoraSlots = {g: empty_group(g) for g in MODULE_GROUPS}
         self.slot_rank = np.zeros((num_slots,), np.int32)
         self.occupant: list[str | None] = [None] * num_slots
         # slot -> its load sent to the device but not yet written into the buffers (None: clear)
@@ -374,7 +380,7 @@ class SlotBuffers:
         self.slot_rank[slot] = 0 if adapter is None else adapter.rank
         self.occupant[slot] = None if adapter is None else adapter.name
 
-    def layers_for(self, used: Iterable[int]) -> LoraLayers:
+    def layers_for(self, used: Iterable[int]) -> LoraSlots:
         """The buffers for a step that reads the slots ``used``: their pending loads are written
         first (the step then waits for those transfers), and so is any other pending load whose
         transfer has landed (single process) or any at all (several processes)."""
@@ -392,7 +398,7 @@ class SlotBuffers:
         return all(x.is_ready() for x in jax.tree.leaves(values))
 
     @property
-    def layers(self) -> LoraLayers:
+    def layers(self) -> LoraSlots:
         """The buffers with every load written."""
         return self.layers_for(range(self.num_slots))
 

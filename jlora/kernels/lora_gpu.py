@@ -248,8 +248,8 @@ def _zero_fill(y_ref, seg_start_ref, seg_end_ref, q, col_lo, col_hi, plan: _Plan
         _store_columns(y_ref, t0, need, col_lo, col_hi, plan, zero)
 
 
-def _shrink(x_ref, a_ref, s, m, rank, r0, in_seg, k_lo, k_units, rb, plan: _Plan):
-    """``x[r0:r0+bt, K] @ a[s, m, :rb, K].T`` over ``k_units`` block_k units from ``k_lo``.
+def _shrink(x_ref, a_ref, w, m, rank, r0, in_seg, k_lo, k_units, rb, plan: _Plan):
+    """``x[r0:r0+bt, K] @ a[w, m, :rb, K].T`` over ``k_units`` block_k units from ``k_lo``.
 
     Returns [bt, rb] float32. Rows outside the segment and rank rows past ``rank`` are masked
     out of the loads: they are neither read nor needed.
@@ -274,7 +274,7 @@ def _shrink(x_ref, a_ref, s, m, rank, r0, in_seg, k_lo, k_units, rb, plan: _Plan
             other=0,
         )
         ak = pltr.load(
-            a_ref.at[s, m, pl.ds(0, rb), pl.ds(k0, bk)],
+            a_ref.at[w, m, pl.ds(0, rb), pl.ds(k0, bk)],
             mask=jnp.broadcast_to(a_mask, (rb, bk)),
             other=0,
         )
@@ -283,8 +283,8 @@ def _shrink(x_ref, a_ref, s, m, rank, r0, in_seg, k_lo, k_units, rb, plan: _Plan
     return lax.fori_loop(0, steps, body, jnp.zeros((bt, rb), jnp.float32))
 
 
-def _expand_store(b_ref, y_ref, h, s, r0, in_seg, col_lo, col_hi, rb, plan: _Plan):
-    """``y[segment rows r0.., cols] = h @ b[s, cols, :rb].T`` for the chunk's columns."""
+def _expand_store(b_ref, y_ref, h, w, r0, in_seg, col_lo, col_hi, rb, plan: _Plan):
+    """``y[segment rows r0.., cols] = h @ b[w, cols, :rb].T`` for the chunk's columns."""
     bo = plan.blocks.block_o
     pad_rank = rb > plan.max_rank
 
@@ -297,7 +297,7 @@ def _expand_store(b_ref, y_ref, h, s, r0, in_seg, col_lo, col_hi, rb, plan: _Pla
             if plan.col_mask or not plan.full_chunks:
                 mask = mask & (cols < col_hi)[:, None]
         bj = pltr.load(
-            b_ref.at[s, pl.ds(o0, bo), pl.ds(0, rb)],
+            b_ref.at[w, pl.ds(o0, bo), pl.ds(0, rb)],
             mask=mask,
             other=None if mask is None else 0,
         )
@@ -327,10 +327,11 @@ def _fused_kernel(
     seg_start_ref,  # [G] int32
     seg_end_ref,  # [G] int32
     slot_rank_ref,  # [S] int32
-    scale_ref,  # [S, M] float32
+    slot_base_ref,  # [1] int32: the buffers' row of slot 0 (see lora_group_gpu)
+    scale_ref,  # [N, M] float32
     x_ref,  # [T, d_in]
-    a_ref,  # [S, M, R, d_in]
-    b_ref,  # [S, O, R]
+    a_ref,  # [N, M, R, d_in]
+    b_ref,  # [N, O, R]
     *rest,  # (out_alias [T, O],)? then y [T, O]
     plan: _Plan,
 ):
@@ -349,13 +350,14 @@ def _fused_kernel(
             in_seg = r0 + lax.iota(jnp.int32, bt) < end
             s = seg_slot_ref[seg]
             rank = slot_rank_ref[s]
-            scale = scale_ref[s, m]
+            w = s + slot_base_ref[0]  # the slot's row in the weight buffers
+            scale = scale_ref[w, m]
 
             def branch(rb):
                 def run():
-                    h = _shrink(x_ref, a_ref, s, m, rank, r0, in_seg, 0, plan.k_units, rb, plan)
+                    h = _shrink(x_ref, a_ref, w, m, rank, r0, in_seg, 0, plan.k_units, rb, plan)
                     h = (h * scale).astype(b_ref.dtype)
-                    _expand_store(b_ref, y_ref, h, s, r0, in_seg, col_lo, col_hi, rb, plan)
+                    _expand_store(b_ref, y_ref, h, w, r0, in_seg, col_lo, col_hi, rb, plan)
 
                 return run
 
@@ -371,8 +373,9 @@ def _shrink_kernel(
     seg_start_ref,  # [G] int32
     seg_end_ref,  # [G] int32
     slot_rank_ref,  # [S] int32
+    slot_base_ref,  # [1] int32
     x_ref,  # [T, d_in]
-    a_ref,  # [S, M, R, d_in]
+    a_ref,  # [N, M, R, d_in]
     h_ref,  # [split_k, T, M, RB] float32 output, RB = the largest rank bucket
     *,
     plan: _Plan,
@@ -390,11 +393,12 @@ def _shrink_kernel(
         in_seg = r0 + lax.iota(jnp.int32, bt) < end
         s = seg_slot_ref[seg]
         rank = slot_rank_ref[s]
+        w = s + slot_base_ref[0]
         k_lo = first_unit * plan.blocks.block_k
 
         def branch(rb):
             def run():
-                h = _shrink(x_ref, a_ref, s, m, rank, r0, in_seg, k_lo, n_units, rb, plan)
+                h = _shrink(x_ref, a_ref, w, m, rank, r0, in_seg, k_lo, n_units, rb, plan)
                 mask = jnp.broadcast_to(in_seg[:, None], (bt, rb))
                 pltr.store(h_ref.at[split, pl.ds(r0, bt), m, pl.ds(0, rb)], h, mask=mask)
 
@@ -417,9 +421,10 @@ def _expand_kernel(
     seg_start_ref,  # [G] int32
     seg_end_ref,  # [G] int32
     slot_rank_ref,  # [S] int32
-    scale_ref,  # [S, M] float32
+    slot_base_ref,  # [1] int32
+    scale_ref,  # [N, M] float32
     h_ref,  # [split_k, T, M, RB] float32
-    b_ref,  # [S, O, R]
+    b_ref,  # [N, O, R]
     *rest,  # (out_alias [T, O],)? then y [T, O]
     plan: _Plan,
 ):
@@ -438,7 +443,8 @@ def _expand_kernel(
             in_seg = r0 + lax.iota(jnp.int32, bt) < end
             s = seg_slot_ref[seg]
             rank = slot_rank_ref[s]
-            scale = scale_ref[s, m]
+            w = s + slot_base_ref[0]  # the slot's row in the weight buffers
+            scale = scale_ref[w, m]
 
             def branch(rb):
                 def run():
@@ -448,7 +454,7 @@ def _expand_kernel(
                         part = h_ref.at[split + p * 0, pl.ds(r0, bt), m, pl.ds(0, rb)]
                         h = h + pltr.load(part, mask=mask, other=0.0)
                     h = (h * scale).astype(b_ref.dtype)
-                    _expand_store(b_ref, y_ref, h, s, r0, in_seg, col_lo, col_hi, rb, plan)
+                    _expand_store(b_ref, y_ref, h, w, r0, in_seg, col_lo, col_hi, rb, plan)
 
                 return run
 
@@ -466,22 +472,28 @@ def _expand_kernel(
 @functools.partial(jax.jit, static_argnames=("out_sizes", "blocks", "interpret"))
 def lora_group_gpu(
     x: jax.Array,  # [T, d_in]
-    group: LoraGroup,  # a [S, M, R, d_in], b [S, O, R], scale [S, M]
+    group: LoraGroup,  # a [N, M, R, d_in], b [N, O, R], scale [N, M]; N >= slot_base + S
     batch: LoraBatch,  # token_slot [T], slot_rank [S], segments [G]
     out_sizes: tuple[int, ...],  # M sizes summing to O
     *,
+    slot_base: jax.Array | int = 0,  # [] int32: the buffers' row of slot 0
     blocks: GpuBlocks | None = None,
     interpret: bool = False,
     out: jax.Array | None = None,  # [T, O] buffer to write into (donated; every element is set)
 ) -> jax.Array:  # [T, O], x.dtype
     """LoRA delta of one module group with the Pallas GPU kernels (Triton lowering).
 
+    Slot ``s`` reads row ``slot_base + s`` of the buffers: the model passes the slot buffers of
+    every layer stacked (``N = L * S``) and ``slot_base = layer * S``, so that the 32 layers'
+    calls are one kernel and the buffers are never sliced (a slice would be a copy).
+
     ``blocks`` defaults to :func:`jlora.kernels.tuned_blocks.gpu_blocks`. ``out`` lets a caller
     (tests) pass a poisoned buffer that the kernel must overwrite in full.
     """
     seg_slot, seg_start, seg_end = lora_segments(batch)
+    base = jnp.reshape(jnp.asarray(slot_base, jnp.int32), (1,))
     num_tokens = x.shape[0]
-    num_slots, num_modules, max_rank, _ = group.a.shape
+    num_modules, max_rank = group.a.shape[1:3]
     total_out = sum(out_sizes)
     if blocks is None:
         blocks = gpu_blocks(num_tokens, x.shape[1], out_sizes)
@@ -493,7 +505,7 @@ def lora_group_gpu(
     items = plan.segment_tiles + plan.fixed_tiles
 
     if not plan.blocks.split_k:
-        inputs = (seg_slot, seg_start, seg_end, batch.slot_rank, scale, x, group.a, group.b)
+        inputs = (seg_slot, seg_start, seg_end, batch.slot_rank, base, scale, x, group.a, group.b)
         return pl.pallas_call(
             functools.partial(_fused_kernel, plan=plan),
             out_shape=y_shape,
@@ -515,8 +527,8 @@ def lora_group_gpu(
         compiler_params=params,
         interpret=interpret,
         name="lora_shrink",
-    )(seg_slot, seg_start, seg_end, batch.slot_rank, x, group.a)
-    inputs = (seg_slot, seg_start, seg_end, batch.slot_rank, scale, h, group.b)
+    )(seg_slot, seg_start, seg_end, batch.slot_rank, base, x, group.a)
+    inputs = (seg_slot, seg_start, seg_end, batch.slot_rank, base, scale, h, group.b)
     return pl.pallas_call(
         functools.partial(_expand_kernel, plan=plan),
         out_shape=y_shape,

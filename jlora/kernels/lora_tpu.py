@@ -76,7 +76,7 @@ def _segment_rows(w, shape, axis, block_t, tile_ref, seg_ref, start_ref, end_ref
 def _shrink_kernel(
     tile_ref,  # [W] int32 (SMEM, prefetched) token tile of each work item
     seg_ref,  # [W] int32 (SMEM) segment of each item, -1 empty tile, -2 padding
-    slot_ref,  # [W] int32 (SMEM) slot of each item (0 where none)
+    slot_ref,  # [W] int32 (SMEM) buffer row of each item's slot (0 where none)
     start_ref,  # [G] int32 (SMEM) segment starts
     end_ref,  # [G] int32 (SMEM) segment ends
     x_ref,  # [bt, bk] tokens of the tile, one d_in block
@@ -168,10 +168,11 @@ def _expand_kernel(
 @functools.partial(jax.jit, static_argnames=("out_sizes", "blocks", "interpret"))
 def lora_group_tpu(
     x: jax.Array,  # [T, d_in]
-    group: LoraGroup,  # a [S, M, R, d_in], b [S, O, R], scale [S, M]
+    group: LoraGroup,  # a [N, M, R, d_in], b [N, O, R], scale [N, M]; N >= slot_base + S
     batch: LoraBatch,  # token_slot [T], slot_rank [S], segments [G]
     out_sizes: tuple[int, ...],  # M sizes summing to O
     *,
+    slot_base: jax.Array | int = 0,  # [] int32: the buffers' row of slot 0
     blocks: TpuBlocks | None = None,
     interpret: bool | pltpu.InterpretParams = False,
     out: jax.Array | None = None,  # [T, O] buffer to write into (donated; every element is set)
@@ -180,10 +181,13 @@ def lora_group_tpu(
 
     ``interpret`` may be ``True`` (generic interpreter) or ``pltpu.InterpretParams()`` (the TPU
     interpreter, which also simulates the copies and SMEM).
+
+    Slot ``s`` reads row ``slot_base + s`` of the buffers (the model's stacked layers, as
+    :func:`jlora.kernels.lora_gpu.lora_group_gpu`).
     """
     seg_slot, seg_start, seg_end = lora_segments(batch)
     num_tokens, d_in = x.shape
-    num_slots, num_modules, max_rank, _ = group.a.shape
+    num_modules, max_rank = group.a.shape[1:3]
     total_out = sum(out_sizes)
     if blocks is None:
         blocks = tpu_blocks(num_tokens, d_in, out_sizes)
@@ -194,7 +198,7 @@ def lora_group_tpu(
     num_tiles, num_k, num_o = -(-num_tokens // bt), d_in // bk, total_out // bo
 
     tile, seg = work_list(seg_start, seg_end, num_tiles, bt)
-    slot = jnp.where(seg >= 0, seg_slot[jnp.maximum(seg, 0)], 0).astype(jnp.int32)
+    slot = jnp.where(seg >= 0, seg_slot[jnp.maximum(seg, 0)] + slot_base, 0).astype(jnp.int32)
     prefetch = (tile, seg, slot, seg_start, seg_end)
     num_work = tile.shape[0]
 

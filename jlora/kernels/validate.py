@@ -33,9 +33,20 @@ def validate_group_inputs(
     group: LoraGroup,  # a [S, M, R, d_in], b [S, O, R], scale [S, M]
     batch: LoraBatch,  # token_slot [T], slot_rank [S], segments [G]
     out_sizes: tuple[int, ...],  # M sizes summing to O
+    layer: int | None = None,  # an int: group holds every layer's buffers [L, S, ...]
 ) -> None:
     """Raise ``ValueError`` unless the inputs of one group's LoRA delta are consistent."""
     a, b, scale = group.a, group.b, group.scale
+    if layer is not None:
+        num_layers = a.shape[0] if a.ndim else 0
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"layer={layer} outside [0, L={num_layers}) of the stacked buffers")
+        if b.ndim < 1 or scale.ndim < 1 or b.shape[0] != num_layers or scale.shape[0] != num_layers:
+            raise ValueError(
+                f"stacked group shapes a {a.shape}, b {b.shape}, scale {scale.shape} do not "
+                f"share the leading layer dim L={num_layers}"
+            )
+        a, b, scale = (jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for v in (a, b, scale))
     if x.ndim != 2:
         raise ValueError(f"x must be [T, d_in], got shape {x.shape}")
     num_tokens, d_in = x.shape

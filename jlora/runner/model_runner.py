@@ -39,7 +39,7 @@ from jlora.runner.sampling import SamplingInputs, greedy, sample
 from jlora.sampling_params import SamplingParams
 from jlora.tensor_parallel import KV_SHARDING, TP_AXIS, local_config, param_specs, per_shard
 from models.config import ModelConfig
-from models.llama import LlamaParams, LoraLayers, SegmentAttention, forward, logits
+from models.llama import LlamaParams, LoraSlots, SegmentAttention, forward, logits
 
 _STATIC = ("cfg", "lora_backend", "mesh")
 _KV_SPECS = KVCache(k=KV_SHARDING, v=KV_SHARDING)
@@ -52,15 +52,15 @@ def _shard(cfg: ModelConfig, mesh: Mesh | None) -> tuple[ModelConfig, str | None
     return local_config(cfg, mesh.shape[TP_AXIS]), TP_AXIS
 
 
-def _lora_specs(lora: LoraLayers | None, cfg: ModelConfig):
+def _lora_specs(lora: LoraSlots | None):
     """Shardings of the slot buffers (nothing to shard when LoRA is off)."""
-    return P() if lora is None else lora_specs(cfg.num_layers)
+    return P() if lora is None else lora_specs()
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("kv",))
 def model_step(
     params: LlamaParams,
-    lora: LoraLayers | None,  # None: LoRA off, no LoRA ops
+    lora: LoraSlots | None,  # None: LoRA off, no LoRA ops
     kv: KVCache,
     tokens: jax.Array,  # [T] int32 (decode: one token per sequence, T = B)
     positions: jax.Array,  # [T] int32
@@ -104,14 +104,14 @@ def model_step(
         row_logits = logits(params, hidden, tp_axis)
         return greedy(row_logits), row_logits, commit_kv_state(state, attention.slot_mapping)
 
-    specs = (param_specs(params), _lora_specs(lora, cfg), _KV_SPECS, P())
+    specs = (param_specs(params), _lora_specs(lora), _KV_SPECS, P())
     host = (tokens, positions, attention, lora_batch, rows)
     return per_shard(body, mesh, specs, (P(), P(), _KV_SPECS))(params, lora, kv, host)
 
 
 def _packed_step(
     params: LlamaParams,
-    lora: LoraLayers | None,
+    lora: LoraSlots | None,
     kv: KVCache,
     packed: jax.Array,  # [N] int32: model_step's host inputs (jlora.runner.host_inputs), or
     # [S] int32: the staging buffer, holding them at 0 and the fed-back tokens after them
@@ -155,7 +155,7 @@ def _widen(tokens: jax.Array, width: int) -> jax.Array:  # [B] -> [width]
 
 def _score_step(
     params: LlamaParams,
-    lora: LoraLayers | None,
+    lora: LoraSlots | None,
     tokens: jax.Array,  # [T] int32
     positions: jax.Array,  # [T] int32
     seq_ids: jax.Array,  # [T] int32, -1 for padding
@@ -184,7 +184,7 @@ def _score_step(
         )
         return logits(params, hidden, tp_axis)
 
-    specs = (param_specs(params), _lora_specs(lora, cfg)) + (P(),) * 4
+    specs = (param_specs(params), _lora_specs(lora)) + (P(),) * 4
     return per_shard(body, mesh, specs, P())(params, lora, tokens, positions, seq_ids, lora_batch)
 
 
@@ -317,7 +317,7 @@ class ModelRunner:
         assert_same_everywhere(f"the load of slot {slot}", adapter and adapter.name or "")
         self.slots.put(slot, adapter)
 
-    def _lora_layers(self, token_slot: np.ndarray | None) -> LoraLayers | None:
+    def _lora_layers(self, token_slot: np.ndarray | None) -> LoraSlots | None:
         """The slot buffers for a step whose tokens read the slots ``token_slot`` (numpy, [T]):
         the loads of those slots are written first (:meth:`SlotBuffers.layers_for`)."""
         if self.slots is None:

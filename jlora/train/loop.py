@@ -39,7 +39,7 @@ from jlora.train.lora_params import (
 )
 from jlora.train.state import TrainState
 from models.config import ModelConfig
-from models.llama import LlamaParams, LoraLayers, SegmentAttention, forward, logits
+from models.llama import LlamaParams, LoraSlots, SegmentAttention, forward, logits
 
 
 @jax.tree_util.register_dataclass
@@ -56,7 +56,7 @@ def sequence_logits(
     params: LlamaParams,
     cfg: ModelConfig,
     tokens: jax.Array,  # [L] int32, one sequence
-    lora: LoraLayers | None = None,
+    lora: LoraSlots | None = None,
     rank: int = 0,
 ) -> jax.Array:  # [L, V] float32
     """Logits of one sequence through the serving forward (LoRA in slot 0 when given)."""

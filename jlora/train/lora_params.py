@@ -20,7 +20,7 @@ import numpy as np
 from jlora.adapters.peft import LoraAdapter, LoraModule
 from jlora.kernels.types import MODULE_GROUPS, LoraBatch, LoraGroup
 from models.config import ModelConfig
-from models.llama import LoraLayers
+from models.llama import LoraSlots
 
 
 @jax.tree_util.register_dataclass
@@ -61,11 +61,12 @@ def init_lora_params(
     return tuple(layers)
 
 
-def lora_slot_layers(lora: LoraParams, cfg: ModelConfig, scale: float) -> LoraLayers:
-    """The trainable pairs as one-slot group buffers (``S = 1``) for ``models.llama.forward``."""
+def lora_slot_layers(lora: LoraParams, cfg: ModelConfig, scale: float) -> LoraSlots:
+    """The trainable pairs as one-slot group buffers (``S = 1``, stacked over the layers) for
+    ``models.llama.forward``."""
     shapes = cfg.module_shapes()
     rank = lora_rank(lora)
-    out = []
+    layers = []
     for pairs in lora:
         groups = {}
         for group, modules in MODULE_GROUPS.items():
@@ -87,8 +88,11 @@ def lora_slot_layers(lora: LoraParams, cfg: ModelConfig, scale: float) -> LoraLa
                 b=jnp.concatenate(b_rows, axis=0)[None],  # [1, O, R]
                 scale=jnp.asarray([scales], jnp.float32),  # [1, M]
             )
-        out.append(groups)
-    return tuple(out)
+        layers.append(groups)
+    return {
+        g: jax.tree.map(lambda *per_layer: jnp.stack(per_layer), *(groups[g] for groups in layers))
+        for g in MODULE_GROUPS
+    }
 
 
 def single_slot_batch(num_tokens: int, rank: int) -> LoraBatch:
