@@ -30,7 +30,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def git_commit(root: Path = REPO_ROOT, mark_dirty: bool = False) -> str:
     """The short commit of ``root``'s checkout (``unknown`` outside git); ``mark_dirty``: with
-    ``-dirty`` appended where tracked files differ from it."""
+    ``-dirty`` appended where tracked files differ from it.
+
+    ``JLORA_COMMIT`` in the environment overrides it, for a copy of a working tree whose git
+    metadata is not the source's (a benchmark machine handed the files, not the repository)."""
+    if os.environ.get("JLORA_COMMIT"):
+        return os.environ["JLORA_COMMIT"]
 
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
