@@ -260,15 +260,6 @@ def _write_slot(
     return out
 
 
-@functools.cache
-def _transfer(device_shardings: tuple[tuple[str, LoraGroup], ...]):
-    """One jitted call that sends a layout's twelve arrays to the device (``device_shardings``:
-    per group, the arrays' shardings there). One dispatch for the twelve, where
-    ``jax.device_put`` of the pytree moves them one by one: the host time of a load is mostly
-    this call's (``experiments/results/slot_load.md``)."""
-    return jax.jit(lambda groups: groups, out_shardings=dict(device_shardings))
-
-
 def pinned_host_supported(device: jax.Device) -> bool:
     """Whether host arrays can sit in pinned memory for ``device`` (a GPU): a load from there is
     a DMA. On a CPU host memory is the device's own: plain numpy arrays."""
@@ -371,7 +362,7 @@ class SlotBuffers:
     def _to_device(self, groups: SlotGroups) -> SlotGroups:
         """Start the transfer of a layout to the device (asynchronous: nothing waits for it)."""
         if self._host_shardings is not None or self.mesh is None:
-            return _transfer(tuple(self._device_shardings.items()))(groups)
+            return jax.device_put(groups, self._device_shardings)
         # numpy under a mesh: each device receives only its shard (any number of processes)
         return jax.tree.map(put_host, groups, self._device_shardings)
 
