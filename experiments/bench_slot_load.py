@@ -160,10 +160,9 @@ def measure_loads(args) -> dict:
     return out
 
 
-def measure_decode(args) -> dict:
-    import jax
-
-    from jlora.adapters import random_adapter
+def decode_engine(args):
+    """An engine decoding a full batch of ``args.batch`` requests on two adapters (``u0``,
+    ``u1``), past their prefills: ``(engine, adapter paths, seconds to build)``."""
     from jlora.config import EngineConfig
     from jlora.engine import Engine
     from jlora.sampling_params import SamplingParams
@@ -188,8 +187,7 @@ def measure_decode(args) -> dict:
     )
     t = time.perf_counter()
     engine = Engine(config)
-    out: dict = {"model": model, "batch": args.batch, "engine_s": round(time.perf_counter() - t, 1)}
-    print(f"decode engine ({model}) built and compiled in {out['engine_s']} s", flush=True)
+    seconds = round(time.perf_counter() - t, 1)
     params = SamplingParams(max_new_tokens=400, ignore_eos=True)
     vocab = engine.model_config.vocab_size
     for i in range(args.batch):
@@ -198,6 +196,18 @@ def measure_decode(args) -> dict:
         engine.step()
     for _ in range(3):
         engine.step()
+    return engine, names, seconds
+
+
+def measure_decode(args) -> dict:
+    import jax
+
+    from jlora.adapters import random_adapter
+
+    engine, names, seconds = decode_engine(args)
+    model = args.decode_model or args.model
+    out: dict = {"model": model, "batch": args.batch, "engine_s": seconds}
+    print(f"decode engine ({model}) built and compiled in {out['engine_s']} s", flush=True)
     runner, pool = engine.runner, engine.adapters
     used = pool.slot_of("u0")
     free = next(s for s in range(args.slots) if pool.occupant[s] is None)
