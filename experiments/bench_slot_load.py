@@ -165,7 +165,6 @@ def decode_engine(args):
     ``u1``), past their prefills: ``(engine, adapter paths, seconds to build)``."""
     from jlora.config import EngineConfig
     from jlora.engine import Engine
-    from jlora.sampling_params import SamplingParams
 
     model = args.decode_model or args.model
     names = {"u0": "dummy:16", "u1": "dummy:16"}
@@ -188,15 +187,34 @@ def decode_engine(args):
     t = time.perf_counter()
     engine = Engine(config)
     seconds = round(time.perf_counter() - t, 1)
-    params = SamplingParams(max_new_tokens=400, ignore_eos=True)
+    refill_batch(engine, args.batch)
+    return engine, names, seconds
+
+
+PROMPT_TOKENS = 64
+MAX_NEW_TOKENS = 400  # the prompt and these fit the engine's 512-token context
+
+
+def refill_batch(engine, batch: int, steps: int = MAX_NEW_TOKENS) -> None:
+    """Make sure ``batch`` requests decode for ``steps`` more steps: if any running request has
+    fewer tokens left, abort them all and start a fresh batch (prefilled, then 3 decode steps)."""
+    from jlora.sampling_params import SamplingParams
+
+    running = engine.scheduler.running
+    left = [MAX_NEW_TOKENS - len(r.output) for r in running]
+    if len(running) == batch and min(left) > steps:
+        return
+    for r in list(running):
+        engine.abort(r.rid)
+    params = SamplingParams(max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True)
     vocab = engine.model_config.vocab_size
-    for i in range(args.batch):
-        engine.add_request([3 + (7 * i + j) % (vocab - 3) for j in range(64)], params, f"u{i % 2}")
+    for i in range(batch):
+        prompt = [3 + (7 * i + j) % (vocab - 3) for j in range(PROMPT_TOKENS)]
+        engine.add_request(prompt, params, f"u{i % 2}")
     while engine.scheduler.waiting or any(r.in_prefill for r in engine.scheduler.running):
         engine.step()
     for _ in range(3):
         engine.step()
-    return engine, names, seconds
 
 
 def measure_decode(args) -> dict:
@@ -214,6 +232,7 @@ def measure_decode(args) -> dict:
     reload = runner.host_adapter(engine._read_adapter("u0", names["u0"]))
 
     def median_step_ms(before=None) -> float:
+        refill_batch(engine, args.batch, args.steps)
         times = []
         for _ in range(args.steps):
             if before is not None:

@@ -76,7 +76,8 @@ def main(argv=None) -> None:
     from jlora.bench.results_file import run_header
     from jlora.runner import model_runner
 
-    engine, _, _ = _bench_slot_load().decode_engine(args)
+    bench = _bench_slot_load()
+    engine, _, _ = bench.decode_engine(args)
     runner = engine.runner
     slots = runner.slots
     free = next(s for s in range(args.slots) if engine.adapters.occupant[s] is None)
@@ -92,6 +93,7 @@ def main(argv=None) -> None:
         if not written:
             slots._landed = staticmethod(lambda values: False)
         rows = []
+        bench.refill_batch(engine, args.batch, args.steps)
         try:
             for i in range(args.steps):
                 timer.take()
