@@ -10,7 +10,9 @@ Scenarios, each over ``--steps`` steps, for each of ``--ranks``:
   ``overlap``), written by the first step after its transfer lands;
 * ``every step, never written``: the same loads, but the write is withheld (the slot's transfer
   never counts as landed, and the next load replaces it): the transfers alone;
-* ``every Nth step, written``: a load before every ``--every``-th step, the others free.
+* ``every Nth step, written``: a load before every ``--every``-th step, the others free;
+* ``every step, qkv+o only``: only the ``qkv`` and ``o`` groups' arrays sent (about a third of
+  the bytes), nothing written: how the cost scales with the bytes in flight.
 
 Prints a table of medians (ms) and writes ``--json`` (medians and means)."""
 
@@ -88,7 +90,11 @@ def main(argv=None) -> None:
     model_runner._Launched.tokens = timer.wrap("wait", model_runner._Launched.tokens)
     phases = ("put", "write", "dispatch", "wait")
 
-    def scenario(adapter, every: int | None, written: bool) -> dict:
+    def send_part(adapter, groups=("qkv", "o")):
+        part = {g: adapter.groups[g] for g in groups}
+        jax.device_put(part, {g: slots._device_shardings[g] for g in groups})
+
+    def scenario(adapter, every: int | None, written: bool, part: bool = False) -> dict:
         landed = type(slots)._landed
         if not written:
             slots._landed = staticmethod(lambda values: False)
@@ -98,7 +104,7 @@ def main(argv=None) -> None:
             for i in range(args.steps):
                 timer.take()
                 if every and i % every == 0:
-                    runner.load_lora(free, adapter)
+                    send_part(adapter) if part else runner.load_lora(free, adapter)
                 t = time.perf_counter()
                 engine.step()
                 wall = time.perf_counter() - t
@@ -120,15 +126,16 @@ def main(argv=None) -> None:
     for rank in args.ranks:
         adapter = runner.host_adapter(random_adapter(f"x{rank}", engine.model_config, rank, rank))
         cases = {
-            "base": (None, True),
-            "every step, written": (1, True),
-            "every step, never written": (1, False),
-            f"every {args.every}th step, written": (args.every, True),
+            "base": (None, True, False),
+            "every step, written": (1, True, False),
+            "every step, never written": (1, False, False),
+            f"every {args.every}th step, written": (args.every, True, False),
+            "every step, qkv+o only": (1, False, True),
         }
         out["ranks"][rank] = {}
-        for name, (every, written) in cases.items():
-            scenario(adapter, every, written)  # warm
-            row = scenario(adapter, every, written)
+        for name, case in cases.items():
+            scenario(adapter, *case)  # warm
+            row = scenario(adapter, *case)
             out["ranks"][rank][name] = row
             cells = " ".join(f"{row[k]:13.3f}" for k in cols)
             print(f"{rank:>4} {name:28} {cells}", flush=True)
