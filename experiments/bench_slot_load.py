@@ -8,9 +8,10 @@ slot is usable, and how much it slows a decode step that overlaps it.
 modules): a :class:`~jlora.adapters.slots.SlotBuffers` of ``--slots`` slots at ``--max-rank``; for
 each of ``--ranks``, ``--reps`` repetitions of
 
-* ``held``: the time ``put`` holds the host (the scheduler loop), with the adapter in the host
-  cache's slot layout (``SlotBuffers.host_adapter``, built once when read: ``layout`` is that
-  cost, paid at read, off the serving path);
+* ``held``: the host time of ``put`` and of starting the transfer (``send_queued``; the engine
+  starts it right after dispatching a step), with the adapter in the host cache's slot layout
+  (``SlotBuffers.host_adapter``, built once when read: ``layout`` is that cost, paid at read, off
+  the serving path);
 * ``usable``: from the start of ``put`` until the slot's buffers are written and ready (the wait
   of a step that would use the slot at once);
 * ``old held`` / ``old usable``: the same with the build before #17 (``--old``): the padded
@@ -134,6 +135,7 @@ def measure_loads(args) -> dict:
             slot = 1 + rep % (args.slots - 1)
             t0 = time.perf_counter()
             slots.put(slot, host)
+            slots.send_queued([slot])  # the transfer's start (the engine: after a dispatch)
             t1 = time.perf_counter()
             jax.block_until_ready(slots.layers_for([slot]))
             t2 = time.perf_counter()

@@ -14,6 +14,10 @@ Scenarios, each over ``--steps`` steps, for each of ``--ranks``:
 * ``every step, qkv+o only``: only the ``qkv`` and ``o`` groups' arrays sent (about a third of
   the bytes), nothing written: how the cost scales with the bytes in flight.
 
+The load scenarios run twice: with the transfer started by ``put``, before the step's dispatch
+(``SlotBuffers.send_after_dispatch`` off, the build before it), and started right after the
+dispatch (on, the default).
+
 Prints a table of medians (ms) and writes ``--json`` (medians and means)."""
 
 from __future__ import annotations
@@ -86,15 +90,17 @@ def main(argv=None) -> None:
     timer = _Timer()
     slots.put = timer.wrap("put", slots.put)
     slots._write = timer.wrap("write", slots._write)
+    slots.send_queued = timer.wrap("send", slots.send_queued)
     runner._packed_step = timer.wrap("dispatch", runner._packed_step)
     model_runner._Launched.tokens = timer.wrap("wait", model_runner._Launched.tokens)
-    phases = ("put", "write", "dispatch", "wait")
+    phases = ("put", "send", "write", "dispatch", "wait")
 
     def send_part(adapter, groups=("qkv", "o")):
         part = {g: adapter.groups[g] for g in groups}
         jax.device_put(part, {g: slots._device_shardings[g] for g in groups})
 
-    def scenario(adapter, every: int | None, written: bool, part: bool = False) -> dict:
+    def scenario(adapter, every, written: bool, part: bool, send_after: bool) -> dict:
+        slots.send_after_dispatch = send_after
         landed = type(slots)._landed
         if not written:
             slots._landed = staticmethod(lambda values: False)
@@ -122,23 +128,24 @@ def main(argv=None) -> None:
 
     out = {"header": run_header().as_dict(), "model": args.model, "batch": args.batch, "ranks": {}}
     cols = ("wall", "wall_mean", *(f"{k}_mean" for k in phases))
-    print(f"{'rank':>4} {'scenario':28} " + " ".join(f"{k:>13}" for k in cols))
+    print(f"{'rank':>4} {'scenario':48} " + " ".join(f"{k:>13}" for k in cols))
     for rank in args.ranks:
         adapter = runner.host_adapter(random_adapter(f"x{rank}", engine.model_config, rank, rank))
-        cases = {
-            "base": (None, True, False),
-            "every step, written": (1, True, False),
-            "every step, never written": (1, False, False),
-            f"every {args.every}th step, written": (args.every, True, False),
-            "every step, qkv+o only": (1, False, True),
-        }
+        cases, every = {"base": (None, True, False, True)}, args.every
+        for send_after, when in ((False, "sent at put"), (True, "sent after dispatch")):
+            cases |= {
+                f"every step, written, {when}": (1, True, False, send_after),
+                f"every step, never written, {when}": (1, False, False, send_after),
+                f"every {args.every}th step, written, {when}": (every, True, False, send_after),
+            }
+        cases["every step, qkv+o only"] = (1, False, True, True)
         out["ranks"][rank] = {}
         for name, case in cases.items():
             scenario(adapter, *case)  # warm
             row = scenario(adapter, *case)
             out["ranks"][rank][name] = row
             cells = " ".join(f"{row[k]:13.3f}" for k in cols)
-            print(f"{rank:>4} {name:28} {cells}", flush=True)
+            print(f"{rank:>4} {name:48} {cells}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
 

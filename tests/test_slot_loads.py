@@ -120,6 +120,41 @@ def test_a_pending_load_is_written_when_a_step_uses_its_slot(monkeypatch):
     _assert_slot_holds(slots, 2, adapter)
 
 
+def test_a_load_is_sent_only_after_a_step_that_does_not_read_it_is_dispatched(monkeypatch):
+    """``put`` queues; a step that does not read the slot leaves the transfer for after its
+    dispatch (``send_queued``); a step that reads it sends and writes it first."""
+    slots = SlotBuffers(TINY, num_slots=3, max_rank=16, dtype="float32")
+    sent = []
+    to_device = slots._to_device
+    monkeypatch.setattr(slots, "_to_device", lambda groups: sent.append(1) or to_device(groups))
+    adapter = random_adapter("a", TINY, 8, seed=5)
+    slots.put(2, slots.host_adapter(adapter))
+    assert slots.pending == (2,) and not sent
+    slots.layers_for([0, 1])  # the buffers of a step that does not read slot 2
+    assert slots.pending == (2,) and not sent
+    slots.send_queued()  # that step dispatched
+    assert len(sent) == 1 and slots.pending in ((2,), ())
+    slots.layers_for([2])
+    assert slots.pending == () and len(sent) == 1
+    _assert_slot_holds(slots, 2, adapter)
+    slots.put(1, slots.host_adapter(adapter))
+    slots.layers_for([1])  # read at once: sent and written before the step
+    assert slots.pending == () and len(sent) == 2
+    _assert_slot_holds(slots, 1, adapter)
+
+
+def test_the_runner_sends_queued_loads_after_dispatching_a_step():
+    engine = Engine(_config())
+    _generate(engine, [[5, 6, 7]], ["big"])
+    runner = engine.runner
+    free = next(s for s, name in enumerate(engine.adapters.occupant) if name is None)
+    engine.add_request([3, 4, 5], GREEDY, "big")
+    runner.load_lora(free, engine.adapters.get("small"))
+    assert runner.slots._queued
+    engine.step()  # a step that does not read the free slot
+    assert not runner.slots._queued
+
+
 # ---------------------------------------------------------------- the engine
 def _generate(engine: Engine, prompts, names) -> list[list[int]]:
     return [o.token_ids for o in engine.generate(prompts, GREEDY, names)]

@@ -12,8 +12,11 @@ H100: ``experiments/results/slot_load.md``.) How an adapter gets into a slot:
    layers at the adapter's own rank rounded up to a :func:`rank_bucket` (``a [L, M, r, in]``,
    ``b [L, O, r]``, ``scale [L, M]``), ``b`` in the per-shard column order under tensor
    parallelism. On a GPU the arrays sit in pinned host memory, so that a load is a DMA.
-2. **Load** (:meth:`SlotBuffers.put`): the twelve arrays are sent to the device, asynchronously;
-   only the adapter's rank rows cross the bus. ``put`` returns at once and reads nothing back.
+2. **Load** (:meth:`SlotBuffers.put`, then :meth:`SlotBuffers.send_queued`): ``put`` queues the
+   load and returns; the twelve arrays are sent to the device, asynchronously, when the runner
+   has dispatched its next step (or before it, if that step reads the slot): on a GPU a transfer
+   in flight holds up the dispatch of a step, so it starts where the host only waits for the
+   device. Only the adapter's rank rows cross the bus; nothing is read back.
 3. **Write** (:meth:`SlotBuffers.layers_for`, called by the step that reads the buffers): one
    jitted update of the twelve buffers, donated, writes rows ``[:r]`` of the slot in every layer
    and zeroes rows ``[r:R]`` on the device, so that a smaller rank after a larger one leaves no
@@ -308,8 +311,16 @@ class SlotBuffers:
         self._layers: LoraSlots = {g: empty_group(g) for g in MODULE_GROUPS}
         self.slot_rank = np.zeros((num_slots,), np.int32)
         self.occupant: list[str | None] = [None] * num_slots
+        # slot -> the host layout of its load, not yet sent (send_queued)
+        self._queued: dict[int, SlotGroups] = {}
         # slot -> its load sent to the device but not yet written into the buffers (None: clear)
         self._pending: dict[int, SlotGroups | None] = {}
+        self.send_after_dispatch = True
+        """Whether a load's transfer waits for :meth:`send_queued` (the runner calls it right
+        after dispatching a step), rather than starting in :meth:`put`: on a GPU a transfer in
+        flight holds up the dispatch of the next step
+        (``experiments/results/slot_load.md``), so it is started where the host then only waits
+        for the device."""
         # With several processes every one must issue the same writes in the same order: no
         # polling of the transfers, whose progress differs between processes.
         self._poll = jax.process_count() == 1
@@ -376,16 +387,33 @@ class SlotBuffers:
             raise ValueError(f"slot={slot} outside [0, {self.num_slots})")
         if isinstance(adapter, LoraAdapter):
             adapter = self.host_adapter(adapter)
-        self._pending[slot] = None if adapter is None else self._to_device(adapter.groups)
+        self._queued.pop(slot, None)
+        if adapter is None:
+            self._pending[slot] = None
+        elif self.send_after_dispatch:
+            self._queued[slot] = adapter.groups
+            self._pending.pop(slot, None)  # an earlier load of the slot is never written
+        else:
+            self._pending[slot] = self._to_device(adapter.groups)
         self.slot_rank[slot] = 0 if adapter is None else adapter.rank
         self.occupant[slot] = None if adapter is None else adapter.name
 
+    def send_queued(self, slots: Iterable[int] | None = None) -> None:
+        """Start the transfers of the queued loads (of ``slots``; None: all): the runner calls
+        this right after it dispatches a step, so that they run while the host waits."""
+        wanted = list(self._queued) if slots is None else [s for s in slots if s in self._queued]
+        for slot in wanted:
+            self._pending[slot] = self._to_device(self._queued.pop(slot))
+
     def layers_for(self, used: Iterable[int]) -> LoraSlots:
-        """The buffers for a step that reads the slots ``used``: their pending loads are written
-        first (the step then waits for those transfers), and so is any other pending load whose
-        transfer has landed (single process) or any at all (several processes)."""
+        """The buffers for a step that reads the slots ``used``: their loads are sent (if still
+        queued) and written first (the step then waits for those transfers), and so is any other
+        pending load whose transfer has landed (single process) or any at all (several
+        processes)."""
+        used = set(used)
+        if self._queued:
+            self.send_queued(used if self._poll else None)
         if self._pending:
-            used = set(used)
             for slot in list(self._pending):
                 values = self._pending[slot]
                 if slot in used or values is None or not self._poll or self._landed(values):
@@ -404,8 +432,9 @@ class SlotBuffers:
 
     @property
     def pending(self) -> tuple[int, ...]:
-        """Slots whose load has been dispatched but not yet written into the buffers."""
-        return tuple(sorted(self._pending))
+        """Slots whose load has been asked for but not yet written into the buffers (queued or
+        in transfer)."""
+        return tuple(sorted({*self._pending, *self._queued}))
 
     def _write(self, slot: int, values: SlotGroups | None) -> None:
         self._layers = _write_slot(self._layers, jnp.int32(slot), values)

@@ -352,6 +352,8 @@ class ModelRunner:
         array still being computed."""
         args, static = self._packed_call(inputs, fed_back)
         tokens, row_logits, self.kv = self._packed_step(*args, **static)
+        if self.slots is not None:  # loads the step does not read: sent while it runs
+            self.slots.send_queued()
         if any(params.temperature > 0 for params, _, _ in rows):
             sampling = SamplingInputs.build(rows, size, self.cfg.vocab_size, False)
             packed, spec = pack((sampling,))

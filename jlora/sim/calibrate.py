@@ -251,10 +251,12 @@ class LoadSamples:
 
 def time_slot_load(runner, slot: int, adapter, timer: Timer = time.perf_counter):
     """(host seconds, device seconds) of one load of ``adapter`` into ``slot`` of the real runner:
-    the time ``load_lora`` holds the host, then the time until a step using the slot could start
-    (its write issued and the buffers ready)."""
+    the host time of ``load_lora`` and of starting the transfer (which the engine pays right after
+    dispatching a step), then the time until a step using the slot could start (its write issued
+    and the buffers ready)."""
     t0 = timer()
     runner.load_lora(slot, adapter)
+    runner.slots.send_queued([slot])  # the transfer's start: host time too, wherever it is paid
     t1 = timer()
     jax.block_until_ready(runner.slots.layers_for([slot]))
     return t1 - t0, timer() - t1
