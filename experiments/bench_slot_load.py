@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, nargs="+", default=[8, 16, 64])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--batch", type=int, default=16, help="requests decoding (decode overlap)")
-    p.add_argument("--steps", type=int, default=5, help="decode steps timed per repetition")
+    p.add_argument("--steps", type=int, default=20, help="decode steps timed per repetition")
     p.add_argument("--old", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--results", default=str(RESULTS), help="folder of the JSON and markdown")
