@@ -20,10 +20,10 @@ each of ``--ranks``, ``--reps`` repetitions of
 **Decode overlap** (``--decode-model``, default ``--model``): an engine with the same slots and a
 batch of ``--batch`` requests on two adapters decodes; the median of ``--steps`` decode steps
 (``Engine.step``: scheduling, the step, reading its tokens) is timed with no load (``base``), with
-a load of a rank-``r`` adapter into a slot the batch does not use dispatched before each step
-(``overlap``: the issue's "decode step that overlaps a load"), and with a load into a slot the
-batch uses (``exposed``: that step waits for the load; ``exposed - base`` is the load's cost on
-the step timeline).
+a load of a rank-``r`` adapter into a slot the batch does not use asked for before each step
+(``overlap``: the issue's "decode step that overlaps a load"; its transfer starts once that step
+is dispatched), and with a load into a slot the batch uses (``exposed``: that step waits for the
+load; ``exposed - base`` is the load's cost on the step timeline).
 
 Writes ``experiments/results/slot_load_<device>.json`` (the raw figures) and renders
 ``experiments/results/slot_load.md`` from every such file there: ``## Current`` (each device's

@@ -242,7 +242,7 @@ def _write_slot(
     """Slot ``slot`` of every layer set to ``values``, rows ``r..R`` zeroed (compiled per rank
     bucket ``r``): one in-place update per buffer."""
 
-    def put(buf: jax.Array, value: jax.Array | None, rank_axis: int | None) -> jax.Array:
+    def write(buf: jax.Array, value: jax.Array | None, rank_axis: int | None) -> jax.Array:
         shape = (buf.shape[0], *buf.shape[2:])  # one slot of every layer
         if value is None:
             value = jnp.zeros(shape, buf.dtype)
@@ -256,9 +256,9 @@ def _write_slot(
     for g, buf in buffers.items():
         v = None if values is None else values[g]
         out[g] = LoraGroup(
-            a=put(buf.a, None if v is None else v.a, 2),  # a [L, M, r, in]: rank axis 2
-            b=put(buf.b, None if v is None else v.b, 2),  # b [L, O, r]
-            scale=put(buf.scale, None if v is None else v.scale, None),
+            a=write(buf.a, None if v is None else v.a, 2),  # a [L, M, r, in]: rank axis 2
+            b=write(buf.b, None if v is None else v.b, 2),  # b [L, O, r]
+            scale=write(buf.scale, None if v is None else v.scale, None),
         )
     return out
 
@@ -410,6 +410,8 @@ class SlotBuffers:
         queued) and written first (the step then waits for those transfers), and so is any other
         pending load whose transfer has landed (single process) or any at all (several
         processes)."""
+        if not self._queued and not self._pending:  # every step asks: most have nothing to do
+            return self._layers
         used = set(used)
         if self._queued:
             self.send_queued(used if self._poll else None)
