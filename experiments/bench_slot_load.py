@@ -18,12 +18,18 @@ each of ``--ranks``, ``--reps`` repetitions of
   layout built on the host at every load (``adapter_to_groups``), every leaf sent, one write.
 
 **Decode overlap** (``--decode-model``, default ``--model``): an engine with the same slots and a
-batch of ``--batch`` requests on two adapters decodes; the median of ``--steps`` decode steps
-(``Engine.step``: scheduling, the step, reading its tokens) is timed with no load (``base``), with
-a load of a rank-``r`` adapter into a slot the batch does not use asked for before each step
-(``overlap``: the issue's "decode step that overlaps a load"; its transfer starts once that step
-is dispatched), and with a load into a slot the batch uses (``exposed``: that step waits for the
-load; ``exposed - base`` is the load's cost on the step timeline).
+batch of ``--batch`` requests on two adapters decodes ``--steps`` steps a repetition
+(``Engine.step``: scheduling, the step, reading its tokens):
+
+* ``base``: the median step with no load;
+* ``offsets``: a load of a rank-``r`` adapter into a slot the batch does not use asked for every
+  ``--every`` steps (its transfer starts once the next step is dispatched); the median step at
+  each offset from the load. The slowest of them is the issue's "decode step that overlaps a
+  load"; ``added`` is what a load adds to the step timeline (the steps' sum against ``base``);
+* ``exposed``: the same loads into a slot the batch uses: the step at the load waits for it
+  (``exposed - base`` is the load's cost to the step that needs it);
+* ``back to back``: a load before every step, so that the bus never rests (a rotation never
+  loads this often: the worst case).
 
 Writes ``experiments/results/slot_load_<device>.json`` (the raw figures) and renders
 ``experiments/results/slot_load.md`` from every such file there: ``## Current`` (each device's
@@ -64,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, nargs="+", default=[8, 16, 64])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--batch", type=int, default=16, help="requests decoding (decode overlap)")
-    p.add_argument("--steps", type=int, default=20, help="decode steps timed per repetition")
+    p.add_argument("--steps", type=int, default=40, help="decode steps timed per repetition")
+    p.add_argument(
+        "--every", type=int, default=8, help="decode steps per load in the overlap measurement"
+    )
     p.add_argument("--old", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--results", default=str(RESULTS), help="folder of the JSON and markdown")
@@ -233,31 +242,55 @@ def measure_decode(args) -> dict:
     free = next(s for s in range(args.slots) if pool.occupant[s] is None)
     reload = runner.host_adapter(engine._read_adapter("u0", names["u0"]))
 
-    def median_step_ms(before=None) -> float:
+    def step_walls(before=None, every: int = 1) -> list[float]:
+        """Wall ms of ``args.steps`` decode steps; ``before`` runs before every ``every``-th."""
         refill_batch(engine, args.batch, args.steps)
-        times = []
-        for _ in range(args.steps):
-            if before is not None:
+        walls = []
+        for i in range(args.steps):
+            if before is not None and i % every == 0:
                 before()
             t0 = time.perf_counter()
             engine.step()
-            times.append(time.perf_counter() - t0)
+            walls.append(_ms(time.perf_counter() - t0))
             assert engine.last_plan.kind == "decode" and len(engine.last_plan.decode) == args.batch
-        return _ms(statistics.median(times))
+        return walls
 
+    def by_offset(walls: list[float], every: int) -> list[float]:
+        """Median wall of the steps at each offset from a load (0: the step dispatched first
+        after it, whose dispatch starts the transfer)."""
+        return [round(statistics.median(walls[k::every]), 3) for k in range(every)]
+
+    every = args.every
+    out["every"] = every
     out["ranks"] = {}
     for rank in args.ranks:
         other = runner.host_adapter(random_adapter(f"x{rank}", engine.model_config, rank, rank))
-        row: dict = {"base_ms": [], "overlap_ms": [], "exposed_ms": []}
+        row: dict = {
+            "base_ms": [],
+            "offsets_ms": [],
+            "added_ms": [],
+            "exposed_ms": [],
+            "back_to_back_ms": [],
+        }
         for _ in range(args.reps):
-            row["base_ms"].append(median_step_ms())
-            # a load into a slot the batch does not use, dispatched before each step; the slot
-            # stays empty in the pool's eyes (the runner is asked directly)
-            row["overlap_ms"].append(median_step_ms(lambda a=other: runner.load_lora(free, a)))
-            # a load into the slot of half the batch: the step waits for it (the requests read
-            # another adapter's weights for a while: their tokens are not checked here)
-            row["exposed_ms"].append(median_step_ms(lambda a=other: runner.load_lora(used, a)))
+            base = statistics.median(step_walls())
+            row["base_ms"].append(round(base, 3))
+            # a load into a slot the batch does not use every ``every`` steps (far enough apart
+            # that one has landed before the next); the slot stays empty in the pool's eyes (the
+            # runner is asked directly)
+            walls = step_walls(lambda a=other: runner.load_lora(free, a), every)
+            row["offsets_ms"].append(by_offset(walls, every))
+            loads = len(walls[::every])
+            row["added_ms"].append(round((sum(walls) - len(walls) * base) / loads, 3))
+            # a load into the slot of half the batch: the step at the load waits for it (the
+            # requests read another adapter's weights for a while: their tokens are not checked)
+            walls = step_walls(lambda a=other: runner.load_lora(used, a), every)
+            row["exposed_ms"].append(by_offset(walls, every)[0])
             runner.load_lora(used, reload)
+            # back to back: a load into the free slot before every step (the bus never rests)
+            row["back_to_back_ms"].append(
+                round(statistics.median(step_walls(lambda a=other: runner.load_lora(free, a))), 3)
+            )
         runner.load_lora(free, None)
         jax.block_until_ready(runner.slots.layers)
         out["ranks"][rank] = row
@@ -316,6 +349,22 @@ def _label(data: dict) -> str:
     return "CPU" if data["device"] == "cpu" else data["device"].upper()
 
 
+def _overlapped(row: dict) -> list[float]:
+    """Median over the repetitions of the step wall at each offset from a sparse load (ms)."""
+    return [_med(col) for col in zip(*row["offsets_ms"], strict=True)]
+
+
+def _slowdown(row: dict) -> tuple[float, int | None]:
+    """The decode step slowed most by a load: ``(fraction, offset from the load)``; runs
+    before the loads were spaced out timed a load before every step (offset None)."""
+    base = _med(row["base_ms"])
+    if "offsets_ms" not in row:
+        return _med(row["overlap_ms"]) / base - 1, None
+    walls = _overlapped(row)
+    k = max(range(len(walls)), key=walls.__getitem__)
+    return walls[k] / base - 1, k
+
+
 def figures(data: dict) -> dict:
     """A run's figures against the targets: ``held`` (worst rank's median), ``usable`` and
     ``exposed`` (ms added to the step that uses the slot) by rank, ``slowdown`` (the worst rank's
@@ -330,7 +379,7 @@ def figures(data: dict) -> dict:
         if (drow := _row(dec, rank)) is not None:
             out["exposed"][rank] = _med(drow["exposed_ms"]) - _med(drow["base_ms"])
     if dec:
-        out["slowdown"] = max(_med(r["overlap_ms"]) / _med(r["base_ms"]) - 1 for r in dec.values())
+        out["slowdown"] = max(_slowdown(r)[0] for r in dec.values())
     r8 = _row(loads, 8)
     if r8 is not None and "old_held_ms" in r8:
         out["old_held"] = _med(r8["old_held_ms"])
@@ -414,7 +463,30 @@ def device_section(data: dict, json_name: str) -> list[str]:
             f"{_span(r['usable_ms'])} | {old[0]} | {old[1]} |"
         )
     dec = data.get("decode")
-    if dec:
+    if dec and any("offsets_ms" in r for r in dec["ranks"].values()):
+        every = dec["every"]
+        lines += [
+            "",
+            f"Decode steps of `{dec['model']}`, batch {dec['batch']} (ms, `Engine.step`; median "
+            f"(min-max) of the repetitions' medians). A load every {every} steps into a slot the "
+            "batch does not use: the step it slowed most (its offset from the load; 0 is the "
+            "step whose dispatch starts the transfer) and the time a load adds to the timeline; "
+            "a load into a slot the batch uses (that step waits for it); and a load before every "
+            "step (back to back: the bus never rests):",
+            "",
+            "| load rank | no load | slowest step near a load | offset | added a load | "
+            "load into a used slot | back to back |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for rank, r in dec["ranks"].items():
+            slow, k = _slowdown(r)
+            worst = [reps[k] for reps in r["offsets_ms"]]
+            lines.append(
+                f"| {rank} | {_span(r['base_ms'])} | {_span(worst)} ({100 * slow:+.1f}%) | {k} | "
+                f"{_span(r['added_ms'])} | {_span(r['exposed_ms'])} | "
+                f"{_span(r['back_to_back_ms'])} |"
+            )
+    elif dec:
         lines += [
             "",
             f"Decode steps of `{dec['model']}`, batch {dec['batch']} (ms, `Engine.step`; median "

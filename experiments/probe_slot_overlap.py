@@ -23,11 +23,14 @@ Prints a table of medians (ms) and writes ``--json`` (medians and means)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import statistics
 import time
 from pathlib import Path
+
+import numpy as np
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,6 +43,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=40, help="steps timed per scenario")
     p.add_argument("--every", type=int, default=8, help="the sparse scenario's steps per load")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument(
+        "--sources",
+        nargs="+",
+        default=["pinned"],
+        choices=["pinned", "pageable"],
+        help="where a load's host arrays sit: pinned host memory (as the cache keeps them on a "
+        "GPU) or pageable numpy arrays; the load scenarios run for each",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="only base and the transfers sent after dispatch"
+    )
     p.add_argument("--json", help="write the figures here")
     return p
 
@@ -103,7 +117,7 @@ def main(argv=None) -> None:
         slots.send_after_dispatch = send_after
         if not written:
             slots._landed = staticmethod(lambda values: False)
-        rows = []
+        rows, walls = [], []
         bench.refill_batch(engine, args.batch, args.steps)
         try:
             for i in range(args.steps):
@@ -115,6 +129,7 @@ def main(argv=None) -> None:
                 wall = time.perf_counter() - t
                 spent = timer.take()
                 rows.append({"wall": wall, **{k: spent.get(k, 0.0) for k in phases}})
+                walls.append(wall)
         finally:
             if not written:
                 del slots._landed  # the class's test again
@@ -122,28 +137,66 @@ def main(argv=None) -> None:
         jax.block_until_ready(slots.layers)
         medians = {k: round(1e3 * statistics.median(r[k] for r in rows), 3) for k in rows[0]}
         means = {f"{k}_mean": round(1e3 * statistics.mean(r[k] for r in rows), 3) for k in rows[0]}
-        return medians | means
+        return medians | means | {"walls_ms": [round(1e3 * w, 3) for w in walls]}
 
     out = {"header": run_header().as_dict(), "model": args.model, "batch": args.batch, "ranks": {}}
     cols = ("wall", "wall_mean", *(f"{k}_mean" for k in phases))
     print(f"{'rank':>4} {'scenario':48} " + " ".join(f"{k:>13}" for k in cols))
     for rank in args.ranks:
-        adapter = runner.host_adapter(random_adapter(f"x{rank}", engine.model_config, rank, rank))
-        cases, every = {"base": (None, True, False, True)}, args.every
-        for send_after, when in ((False, "sent at put"), (True, "sent after dispatch")):
-            cases |= {
-                f"every step, written, {when}": (1, True, False, send_after),
-                f"every step, never written, {when}": (1, False, False, send_after),
-                f"every {args.every}th step, written, {when}": (every, True, False, send_after),
-            }
-        cases["every step, qkv+o only"] = (1, False, True, True)
+        pinned = runner.host_adapter(random_adapter(f"x{rank}", engine.model_config, rank, rank))
+        adapters = {
+            "pinned": pinned,
+            "pageable": dataclasses.replace(pinned, groups=jax.tree.map(np.asarray, pinned.groups)),
+        }
+        cases, every = {"base": (pinned, None, True, False, True)}, args.every
+        for source in args.sources:
+            src = "" if source == "pinned" else f" ({source})"
+            whens = ((True, "sent after dispatch"),)
+            if not args.quick:
+                whens = ((False, "sent at put"),) + whens
+            for send_after, when in whens:
+                a = adapters[source]
+                cases |= {
+                    f"every step, written, {when}{src}": (a, 1, True, False, send_after),
+                    f"every {args.every}th step, written, {when}{src}": (
+                        a,
+                        every,
+                        True,
+                        False,
+                        send_after,
+                    ),
+                }
+                if not args.quick:
+                    cases[f"every step, never written, {when}{src}"] = (
+                        a,
+                        1,
+                        False,
+                        False,
+                        send_after,
+                    )
+        if not args.quick:
+            cases["every step, qkv+o only"] = (pinned, 1, False, True, True)
         out["ranks"][rank] = {}
         for name, case in cases.items():
-            scenario(adapter, *case)  # warm
-            row = scenario(adapter, *case)
+            scenario(*case)  # warm
+            row = scenario(*case)
+            if case[1] and case[1] > 1:  # sparse loads: what each adds to the step timeline
+                walls, base = row["walls_ms"], out["ranks"][rank]["base"]["wall"]
+                loads = len(range(0, len(walls), case[1]))
+                row["added_per_load_ms"] = round((sum(walls) - len(walls) * base) / loads, 3)
+                at = [walls[i] for i in range(0, len(walls), case[1])]
+                after = [walls[i + 1] for i in range(0, len(walls) - 1, case[1])]
+                row["step_at_load_ms"] = round(statistics.median(at), 3)
+                row["step_after_load_ms"] = round(statistics.median(after), 3)
             out["ranks"][rank][name] = row
             cells = " ".join(f"{row[k]:13.3f}" for k in cols)
             print(f"{rank:>4} {name:48} {cells}", flush=True)
+            if "added_per_load_ms" in row:
+                print(
+                    f"     sparse loads: {row['added_per_load_ms']} ms added a load; step at the"
+                    f" load {row['step_at_load_ms']} ms, after it {row['step_after_load_ms']} ms"
+                    f" (base {base} ms)"
+                )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
 
