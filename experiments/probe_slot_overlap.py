@@ -54,6 +54,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="only base and the transfers sent after dispatch"
     )
+    p.add_argument(
+        "--chunk-mb",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also run the sent-after-dispatch scenarios with at most this many MB of a load "
+        "sent a step (SlotBuffers.send_bytes_per_step), for each value",
+    )
     p.add_argument("--json", help="write the figures here")
     return p
 
@@ -113,8 +121,11 @@ def main(argv=None) -> None:
         part = {g: adapter.groups[g] for g in groups}
         jax.device_put(part, {g: slots._device_shardings[g] for g in groups})
 
-    def scenario(adapter, every, written: bool, part: bool, send_after: bool) -> dict:
+    def scenario(
+        adapter, every, written: bool, part: bool, send_after: bool, chunk_mb: float | None = None
+    ) -> dict:
         slots.send_after_dispatch = send_after
+        slots.send_bytes_per_step = None if chunk_mb is None else int(chunk_mb * 2**20)
         if not written:
             slots._landed = staticmethod(lambda values: False)
         rows, walls = [], []
@@ -174,6 +185,18 @@ def main(argv=None) -> None:
                         False,
                         send_after,
                     )
+        for mb in args.chunk_mb:
+            cases |= {
+                f"every step, at most {mb:g} MB a step": (pinned, 1, True, False, True, mb),
+                f"every {args.every}th step, at most {mb:g} MB a step": (
+                    pinned,
+                    every,
+                    True,
+                    False,
+                    True,
+                    mb,
+                ),
+            }
         if not args.quick:
             cases["every step, qkv+o only"] = (pinned, 1, False, True, True)
         out["ranks"][rank] = {}

@@ -359,10 +359,10 @@ class Engine:
     def _step_once(self) -> list[RequestOutput]:
         """One scheduling decision from the current state and its step (a decode step is only
         dispatched under ``overlap_schedule``: its tokens come with the next call)."""
+        failed = self._reap_failed_loads()
         now = self.clock.now()
         plan = self.scheduler.schedule(now)
         self._record(plan, now)
-        failed: list[RequestOutput] = []
         # Also for resumed requests, which decode in a later step; and the prefetched adapters
         # (lora_prefetch), whose load overlaps the steps until their turn.
         for slot, name in plan.loads + plan.prefetch:
@@ -388,7 +388,7 @@ class Engine:
             try:
                 tokens = self.runner.prefill([self._prefill_seq(item) for item in plan.prefill])
             except Exception as e:
-                return failed + self._fail([item.req for item in plan.prefill], e)
+                return failed + self._step_failed([item.req for item in plan.prefill], e)
             sampled: list[tuple[Request, int]] = []
             for item, token in zip(plan.prefill, tokens, strict=True):
                 item.req.num_computed = item.end
@@ -402,7 +402,7 @@ class Engine:
                 return failed
             tokens = self.runner.decode(seqs)
         except Exception as e:
-            return failed + self._fail(plan.decode, e)
+            return failed + self._step_failed(plan.decode, e)
         end = self.clock.now()
         self.scheduler.observe_step("decode", end - now)
         return failed + self._append(zip(plan.decode, tokens, strict=True), end)
@@ -424,6 +424,32 @@ class Engine:
                 self._events[req.rid].append(
                     StreamEvent(req.rid, None, len(req.output), now, finished=output, text=piece)
                 )
+        return out
+
+    def _step_failed(self, reqs: list[Request], error: Exception) -> list[RequestOutput]:
+        """A step over ``reqs`` raised ``error``. If it is a load the step needed, refused before
+        the step ran, only that adapter's requests end (:meth:`_reap_failed_loads`) and the
+        others run in a later step; any other error ends all of ``reqs``."""
+        failures = self.runner.take_failed_loads()
+        out = self._reap_failed_loads(failures)
+        if any(error is e for e in failures.values()):
+            self.scheduler.not_run(reqs, self.clock.now())
+            return out
+        return out + self._fail(reqs, error)
+
+    def _reap_failed_loads(self, failures: dict[int, Exception] | None = None):
+        """Loads that failed after they were dispatched (their transfer refused when it started):
+        the pool forgets the adapter in that slot and its running requests end with the error
+        (as when a load fails at once); waiting ones load it again in their turn."""
+        out: list[RequestOutput] = []
+        if failures is None:
+            failures = self.runner.take_failed_loads()
+        for slot, error in failures.items():
+            name = self.adapters.occupant[slot]
+            if name is None:
+                continue
+            self.adapters.vacate(slot)
+            out += self._fail([r for r in self.scheduler.running if r.lora_name == name], error)
         return out
 
     def _load_slot(self, slot: int, name: str) -> None:

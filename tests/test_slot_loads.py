@@ -10,6 +10,7 @@ import pytest
 from jlora.adapters import random_adapter
 from jlora.adapters.slots import (
     SlotBuffers,
+    SlotLoadError,
     adapter_to_groups,
     rank_bucket,
     rank_buckets,
@@ -153,6 +154,57 @@ def test_the_runner_sends_queued_loads_after_dispatching_a_step():
     assert runner.slots._queued
     engine.step()  # a step that does not read the free slot
     assert not runner.slots._queued
+
+
+def test_a_transfer_refused_after_dispatch_empties_the_slot_and_is_reported(monkeypatch):
+    """A transfer that fails when it starts (right after a step's dispatch) raises nothing there:
+    the slot is emptied, the failure kept for the engine, and a step that reads the slot raises
+    it before it runs."""
+    slots = SlotBuffers(TINY, num_slots=3, max_rank=16, dtype="float32")
+    slots.put(1, slots.host_adapter(random_adapter("old", TINY, 8, seed=1)))
+    slots.layers_for([1])
+
+    def refuse(groups):
+        raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+    monkeypatch.setattr(slots, "_to_device", refuse)
+    slots.put(1, slots.host_adapter(random_adapter("new", TINY, 8, seed=2)))
+    slots.send_queued()  # what the runner does after a dispatch: must not raise
+    assert slots.occupant[1] is None and slots.slot_rank[1] == 0
+    with pytest.raises(SlotLoadError, match="'new' into slot 1 failed: RESOURCE_EXHAUSTED"):
+        slots.layers_for([1])
+    failed = slots.take_failed()
+    assert list(failed) == [1] and failed[1].name == "new"
+    assert slots.take_failed() == {}
+    assert not any(np.asarray(buf.a[:, 1]).any() for buf in slots.layers.values())  # no "old"
+
+
+def test_a_refused_transfer_ends_only_its_adapters_requests():
+    """A step whose slot's transfer is refused does not run: the requests of that adapter end
+    with the error, the others go on to the outputs of an engine without the failure, and the
+    adapter loads again for a later request."""
+    prompts, names = [[3, 4, 5], [6, 7, 8]], ["big", "small"]
+    want = _generate(Engine(_config()), prompts, names)
+    engine = Engine(_config())
+    slots = engine.runner.slots
+    to_device, refused = slots._to_device, []
+    small = engine.adapters.get("small").groups
+
+    def refuse_small_once(groups):
+        if any(group is small[g] for g, group in groups.items()) and not refused:
+            refused.append(1)
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+        return to_device(groups)
+
+    slots._to_device = refuse_small_once
+    outputs = engine.generate(prompts, GREEDY, names)
+    assert refused
+    assert outputs[0].token_ids == want[0] and outputs[0].finish_reason != "error"
+    assert outputs[1].finish_reason == "error"
+    assert "'small'" in outputs[1].error and "RESOURCE_EXHAUSTED" in outputs[1].error
+    assert engine.adapters.slot_of("small") is None
+    assert _generate(engine, prompts[1:], names[1:]) == want[1:]
+    assert engine.scheduler.pages.num_free == engine.scheduler.pages.num_pages
 
 
 # ---------------------------------------------------------------- the engine

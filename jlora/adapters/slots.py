@@ -274,6 +274,21 @@ def pinned_host_supported(device: jax.Device) -> bool:
         return False
 
 
+def group_bytes(group: LoraGroup) -> int:
+    """Bytes of one module group's arrays (what its transfer moves)."""
+    return sum(x.nbytes for x in (group.a, group.b, group.scale))
+
+
+class SlotLoadError(RuntimeError):
+    """The transfer of a slot load could not be started (e.g. out of device memory): the slot was
+    emptied again. Raised by the step that reads the slot; :meth:`SlotBuffers.take_failed` hands
+    every such failure to the engine, which frees the slot in its pool."""
+
+    def __init__(self, slot: int, name: str | None, cause: Exception):
+        super().__init__(f"loading adapter {name!r} into slot {slot} failed: {cause}")
+        self.slot, self.name, self.cause = slot, name, cause
+
+
 class SlotBuffers:
     """The device LoRA buffers and which adapter each slot holds (host-side bookkeeping).
 
@@ -311,16 +326,26 @@ class SlotBuffers:
         self._layers: LoraSlots = {g: empty_group(g) for g in MODULE_GROUPS}
         self.slot_rank = np.zeros((num_slots,), np.int32)
         self.occupant: list[str | None] = [None] * num_slots
-        # slot -> the host layout of its load, not yet sent (send_queued)
+        # slot -> the host layout of its load, groups not yet sent (send_queued)
         self._queued: dict[int, SlotGroups] = {}
+        # slot -> the device arrays of the groups of its load already sent (send_bytes_per_step)
+        self._partial: dict[int, SlotGroups] = {}
         # slot -> its load sent to the device but not yet written into the buffers (None: clear)
         self._pending: dict[int, SlotGroups | None] = {}
+        # slot -> why its transfer could not be started (the slot is empty again); taken by the
+        # engine (take_failed)
+        self._failed: dict[int, SlotLoadError] = {}
         self.send_after_dispatch = True
         """Whether a load's transfer waits for :meth:`send_queued` (the runner calls it right
         after dispatching a step), rather than starting in :meth:`put`: on a GPU a transfer in
         flight holds up the dispatch of the next step
         (``experiments/results/slot_load.md``), so it is started where the host then only waits
         for the device."""
+        self.send_bytes_per_step: int | None = None
+        """At most this many bytes of queued loads start their transfer at each
+        :meth:`send_queued` (whole module groups, at least one a call), so that a large load
+        spreads over several steps; None: every queued load at once. A step that reads the slot
+        sends the rest first."""
         # With several processes every one must issue the same writes in the same order: no
         # polling of the transfers, whose progress differs between processes.
         self._poll = jax.process_count() == 1
@@ -371,11 +396,13 @@ class SlotBuffers:
             return groups
 
     def _to_device(self, groups: SlotGroups) -> SlotGroups:
-        """Start the transfer of a layout to the device (asynchronous: nothing waits for it)."""
+        """Start the transfer of a layout's ``groups`` (all or some) to the device
+        (asynchronous: nothing waits for it)."""
+        shardings = {g: self._device_shardings[g] for g in groups}
         if self._host_shardings is not None or self.mesh is None:
-            return jax.device_put(groups, self._device_shardings)
+            return jax.device_put(groups, shardings)
         # numpy under a mesh: each device receives only its shard (any number of processes)
-        return jax.tree.map(put_host, groups, self._device_shardings)
+        return jax.tree.map(put_host, groups, shardings)
 
     # ------------------------------------------------------------------ loads
     def put(self, slot: int, adapter: SlotAdapter | LoraAdapter | None) -> None:
@@ -388,38 +415,81 @@ class SlotBuffers:
         if isinstance(adapter, LoraAdapter):
             adapter = self.host_adapter(adapter)
         self._queued.pop(slot, None)
+        self._partial.pop(slot, None)
+        self._failed.pop(slot, None)
         if adapter is None:
             self._pending[slot] = None
         elif self.send_after_dispatch:
-            self._queued[slot] = adapter.groups
+            self._queued[slot] = dict(adapter.groups)  # emptied group by group as it is sent
             self._pending.pop(slot, None)  # an earlier load of the slot is never written
-        else:
-            self._pending[slot] = self._to_device(adapter.groups)
         self.slot_rank[slot] = 0 if adapter is None else adapter.rank
         self.occupant[slot] = None if adapter is None else adapter.name
+        if adapter is not None and not self.send_after_dispatch:
+            self._send(slot, adapter.groups)
 
-    def send_queued(self, slots: Iterable[int] | None = None) -> None:
+    def send_queued(self, slots: Iterable[int] | None = None, budget: bool = True) -> None:
         """Start the transfers of the queued loads (of ``slots``; None: all): the runner calls
-        this right after it dispatches a step, so that they run while the host waits."""
+        this right after it dispatches a step, so that they run while the host waits. With
+        ``budget`` at most :attr:`send_bytes_per_step` bytes start (the rest at later calls)."""
         wanted = list(self._queued) if slots is None else [s for s in slots if s in self._queued]
+        left = self.send_bytes_per_step if budget else None
         for slot in wanted:
-            self._pending[slot] = self._to_device(self._queued.pop(slot))
+            if left is not None and left <= 0:
+                return
+            queued = self._queued[slot]
+            chunk: SlotGroups = {}
+            for g, group in queued.items():  # whole groups, at least one
+                if chunk and left is not None and left < group_bytes(group):
+                    break
+                chunk[g] = group
+                left = None if left is None else left - group_bytes(group)
+            for g in chunk:
+                del queued[g]
+            if not queued:
+                del self._queued[slot]
+            self._send(slot, chunk, done=not queued)
+
+    def _send(self, slot: int, groups: SlotGroups, done: bool = True) -> None:
+        """Start the transfer of ``groups`` of a slot's load (``done``: its last). It never
+        raises: a refused transfer (e.g. out of device memory) empties the slot and is kept for
+        :meth:`take_failed`, since here, right after a step's dispatch, nothing could tell the
+        requests waiting for it."""
+        try:
+            sent = self._partial.pop(slot, {}) | self._to_device(groups)
+        except Exception as e:  # noqa: BLE001 - reported through take_failed and the step
+            self._failed[slot] = SlotLoadError(slot, self.occupant[slot], e)
+            self._queued.pop(slot, None)
+            self._pending[slot] = None  # the slot is cleared: nothing stale is ever read
+            self.slot_rank[slot], self.occupant[slot] = 0, None
+            return
+        if done:
+            self._pending[slot] = sent
+        else:
+            self._partial[slot] = sent
+
+    def take_failed(self) -> dict[int, SlotLoadError]:
+        """The loads whose transfer could not be started since the last call, by slot (each slot
+        is empty again)."""
+        out, self._failed = self._failed, {}
+        return out
 
     def layers_for(self, used: Iterable[int]) -> LoraSlots:
         """The buffers for a step that reads the slots ``used``: their loads are sent (if still
         queued) and written first (the step then waits for those transfers), and so is any other
         pending load whose transfer has landed (single process) or any at all (several
         processes)."""
-        if not self._queued and not self._pending:  # every step asks: most have nothing to do
+        if not (self._queued or self._pending or self._failed):  # most steps: nothing to do
             return self._layers
         used = set(used)
         if self._queued:
-            self.send_queued(used if self._poll else None)
+            self.send_queued(used if self._poll else None, budget=False)
         if self._pending:
             for slot in list(self._pending):
                 values = self._pending[slot]
                 if slot in used or values is None or not self._poll or self._landed(values):
                     self._write(slot, self._pending.pop(slot))
+        for slot in used & self._failed.keys():  # before the dispatch: the step does not run
+            raise self._failed[slot]
         return self._layers
 
     @staticmethod

@@ -95,6 +95,12 @@ class Runner(Protocol):
         the load is dispatched; a step that uses the slot runs after it has landed."""
         ...
 
+    def take_failed_loads(self) -> dict[int, Exception]:
+        """Loads that failed after :meth:`load_lora` returned (a transfer started later and
+        refused), by slot, since the last call; each such slot is empty again. A step that reads
+        one raises its error before it runs."""
+        ...
+
     def score(self, seqs: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
         """All-position logits ``[n, vocab]`` of whole prompts ``(tokens, lora_slot)``."""
         ...

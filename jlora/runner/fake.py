@@ -59,6 +59,9 @@ class FakeRunner:
         self._advance(self.load_time)
         self.log.append(("load", slot, None if adapter is None else adapter.name))
 
+    def take_failed_loads(self) -> dict[int, Exception]:
+        return {}  # loads are synchronous here: a failure raises from load_lora
+
     def _advance(self, seconds: float) -> None:
         start = self.clock.now()
         self.clock.advance(seconds)

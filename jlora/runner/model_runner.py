@@ -317,6 +317,9 @@ class ModelRunner:
         assert_same_everywhere(f"the load of slot {slot}", adapter and adapter.name or "")
         self.slots.put(slot, adapter)
 
+    def take_failed_loads(self) -> dict[int, Exception]:
+        return {} if self.slots is None else dict(self.slots.take_failed())
+
     def _lora_layers(self, token_slot: np.ndarray | None) -> LoraSlots | None:
         """The slot buffers for a step whose tokens read the slots ``token_slot`` (numpy, [T]):
         the loads of those slots are written first (:meth:`SlotBuffers.layers_for`)."""

@@ -624,10 +624,21 @@ class Scheduler:
 
         A paused request keeps the time it paused as the start of its wait.
         """
+        req.num_preemptions += 1
+        self._requeue(req, now)
+
+    def not_run(self, reqs: Iterable[Request], now: float) -> None:
+        """The step planned for ``reqs`` did not run (a slot load it needed was refused): those
+        it admitted (nothing computed yet) wait again, their pages freed; the others (decoding, or
+        in the middle of a chunked prefill) are planned again as they stand."""
+        for req in reqs:
+            if req.status is Status.RUNNING and req.num_computed == 0:
+                self._requeue(req, now)
+
+    def _requeue(self, req: Request, now: float) -> None:
         self.pages.free(req.pages)
         req.pages = []
         req.num_computed = 0
-        req.num_preemptions += 1
         if req in self.paused:
             self.paused.remove(req)
         else:

@@ -351,6 +351,9 @@ class _Recorder:
         self.loads.append((0 if adapter is None else adapter.rank, dt))
         self._mark += dt
 
+    def take_failed_loads(self):
+        return self.inner.take_failed_loads()
+
     def score(self, seqs):
         return self.inner.score(seqs)
 

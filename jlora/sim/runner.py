@@ -140,6 +140,9 @@ class SimRunner:
         self.slot_ready[slot] = self.clock.now() + self.cost.load_device_time(rank)
         self._landing = max(self._landing, self.slot_ready[slot])
 
+    def take_failed_loads(self) -> dict[int, Exception]:
+        return {}  # a simulated load never fails after it was asked for
+
     def start(self, waiting: Callable[[], int]) -> None:
         """The engine is built: read its queue length through ``waiting`` and charge adapter reads
         from now on (those of start-up happen before the clock starts)."""
