@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--every", type=int, default=8, help="decode steps per load in the overlap measurement"
     )
+    p.add_argument(
+        "--send-mb",
+        type=float,
+        help="decode overlap: at most this many MB of a load start after each step's dispatch "
+        "(SlotBuffers.send_bytes_per_step; default: the whole load at once)",
+    )
     p.add_argument("--old", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--results", default=str(RESULTS), help="folder of the JSON and markdown")
@@ -197,6 +203,8 @@ def decode_engine(args):
     )
     t = time.perf_counter()
     engine = Engine(config)
+    if getattr(args, "send_mb", None):
+        engine.runner.slots.send_bytes_per_step = int(args.send_mb * 2**20)
     seconds = round(time.perf_counter() - t, 1)
     refill_batch(engine, args.batch)
     return engine, names, seconds
@@ -321,6 +329,7 @@ def run(args) -> dict:
             "max_rank": args.max_rank,
             "dtype": args.dtype,
             "reps": args.reps,
+            "send_mb_per_step": args.send_mb,
         },
     }
     load_before = os.getloadavg()[0]

@@ -204,7 +204,7 @@ def test_a_refused_transfer_ends_only_its_adapters_requests():
     assert "'small'" in outputs[1].error and "RESOURCE_EXHAUSTED" in outputs[1].error
     assert engine.adapters.slot_of("small") is None
     assert _generate(engine, prompts[1:], names[1:]) == want[1:]
-    assert engine.scheduler.pages.num_free == engine.scheduler.pages.num_pages
+    assert engine.pages.num_free == engine.pages.capacity  # every page back
 
 
 # ---------------------------------------------------------------- the engine
