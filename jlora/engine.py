@@ -437,7 +437,9 @@ class Engine:
             return out
         return out + self._fail(reqs, error)
 
-    def _reap_failed_loads(self, failures: dict[int, Exception] | None = None):
+    def _reap_failed_loads(
+        self, failures: dict[int, Exception] | None = None
+    ) -> list[RequestOutput]:
         """Loads that failed after they were dispatched (their transfer refused when it started):
         the pool forgets the adapter in that slot and its running requests end with the error
         (as when a load fails at once); waiting ones load it again in their turn."""

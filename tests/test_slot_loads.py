@@ -144,6 +144,42 @@ def test_a_load_is_sent_only_after_a_step_that_does_not_read_it_is_dispatched(mo
     _assert_slot_holds(slots, 1, adapter)
 
 
+def test_a_load_spread_over_steps_sends_whole_groups_within_the_budget(monkeypatch):
+    """With ``send_bytes_per_step`` each ``send_queued`` starts at most that many bytes (whole
+    module groups, at least one); the load is written only once every group is sent, and a step
+    that reads the slot sends the rest first."""
+    from jlora.adapters.slots import group_bytes
+
+    slots = SlotBuffers(TINY, num_slots=3, max_rank=16, dtype="float32")
+    sent: list[list[str]] = []
+    to_device = slots._to_device
+    monkeypatch.setattr(slots, "_to_device", lambda g: sent.append(list(g)) or to_device(g))
+    adapter = random_adapter("a", TINY, 8, seed=6)
+    host = slots.host_adapter(adapter)
+    sizes = {g: group_bytes(group) for g, group in host.groups.items()}
+    slots.send_bytes_per_step = max(sizes.values())  # one group or more a call, never all
+    assert sum(sizes.values()) > slots.send_bytes_per_step
+    slots.put(0, host)
+    slots.send_queued()
+    assert sent and sum(sizes[g] for g in sent[0]) <= slots.send_bytes_per_step
+    assert 0 not in slots._pending and slots.pending == (0,)  # not all sent: nothing to write
+    while 0 in slots._queued:
+        slots.send_queued()
+    assert sorted(g for chunk in sent for g in chunk) == sorted(MODULE_GROUPS)
+    slots.layers_for([0])
+    _assert_slot_holds(slots, 0, adapter)
+    # a step that reads the slot sends every group left at once, then writes it
+    sent.clear()
+    slots.send_bytes_per_step = 1  # one group a call
+    slots.put(1, host)
+    slots.send_queued()
+    assert len(sent) == 1 and len(sent[0]) == 1
+    slots.layers_for([1])
+    assert len(sent) == 2 and len(sent[0]) + len(sent[1]) == len(MODULE_GROUPS)
+    assert slots.pending == ()
+    _assert_slot_holds(slots, 1, adapter)
+
+
 def test_the_runner_sends_queued_loads_after_dispatching_a_step():
     engine = Engine(_config())
     _generate(engine, [[5, 6, 7]], ["big"])
