@@ -127,6 +127,8 @@ def make_model_runner(
         slots = SlotBuffers(
             model, config.max_loras_per_batch, config.max_lora_rank, config.dtype, mesh
         )
+        if config.lora_load_mb_per_step is not None:
+            slots.send_bytes_per_step = int(config.lora_load_mb_per_step * 2**20)
     runner = ModelRunner(
         params,
         model,

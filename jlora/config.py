@@ -85,6 +85,12 @@ class EngineConfig:
     adapter no request uses) before its turn, so that its load overlaps the steps before it. It
     never evicts an adapter with running, waiting or paused requests; outputs are the same either
     way."""
+    lora_load_mb_per_step: float | None = None
+    """At most this many MB of a queued slot load start their transfer after each step's dispatch
+    (whole module groups, at least one a step), so that a large load spreads over several steps;
+    a step that reads the slot sends the rest first. ``None``: a load's transfer starts at once.
+    Whether spreading keeps the decode steps beside a load from slowing on a GPU is not yet
+    measured (``experiments/results/slot_load.md``)."""
     base_model_uses_slot: bool = False
     """Requests without an adapter count as one adapter against ``max_loras_per_batch``, as in
     SGLang (where the base model takes a slot)."""
@@ -164,6 +170,14 @@ class EngineConfig:
         _positive_int("max_loras_per_batch", self.max_loras_per_batch)
         _positive_int("max_lora_rank", self.max_lora_rank)
         _positive_int("tp_size", self.tp_size)
+        mb = self.lora_load_mb_per_step
+        if mb is not None and (
+            isinstance(mb, bool) or not isinstance(mb, int | float) or not mb > 0 or mb == math.inf
+        ):
+            raise ValueError(
+                f"lora_load_mb_per_step={mb!r} must be a positive number of MB (or None: a load "
+                "moves at once)"
+            )
         _choice("lora_eviction_policy", self.lora_eviction_policy, ("lru", "fifo"))
         _choice("lora_drain_policy", self.lora_drain_policy, DRAIN_POLICIES)
         t = self.lora_drain_wait_threshold

@@ -312,6 +312,24 @@ def test_prefetch_gives_the_same_greedy_outputs_and_loads_ahead():
     assert prefetched[False] == 0 and prefetched[True] > 0
 
 
+def test_loads_spread_over_steps_give_the_same_greedy_outputs():
+    """``lora_load_mb_per_step``: prefetched loads go one module group a step, and the outputs
+    are those of loads moved at once."""
+    rng = np.random.default_rng(8)
+    prompts = [rng.integers(3, 256, int(n)).tolist() for n in rng.integers(2, 20, 6)]
+    names = ["big", "small", "c", "d", "small", "big"]
+    want = _generate(Engine(_config(max_running_requests=2)), prompts, names)
+    engine = Engine(_config(max_running_requests=2, lora_load_mb_per_step=1e-6))
+    assert engine.runner.slots.send_bytes_per_step == 1  # 1e-6 MB: one group a step
+    assert _generate(engine, prompts, names) == want
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), "8", True])
+def test_a_bad_load_budget_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match="lora_load_mb_per_step="):
+        _config(lora_load_mb_per_step=bad)
+
+
 def test_prefetch_never_evicts_an_adapter_that_has_requests():
     """Fake runner, many adapters through few slots: every prefetch takes an empty slot or one
     whose adapter no running, waiting or paused request uses, for the first request in line
