@@ -16,9 +16,13 @@ Scenarios, each over ``--steps`` steps, for each of ``--ranks``:
 
 The load scenarios run twice: with the transfer started by ``put``, before the step's dispatch
 (``SlotBuffers.send_after_dispatch`` off, the build before it), and started right after the
-dispatch (on, the default).
+dispatch (on, the default); ``--quick`` keeps only the latter (and drops the ``never written``
+and ``qkv+o`` ones). ``--sources pinned pageable`` runs them from the host cache's pinned arrays
+and from pageable numpy copies; ``--chunk-mb X`` also with at most ``X`` MB of a load sent a step
+(``lora_load_mb_per_step``). For sparse loads the step at each load, the one after it and what
+a load adds to the timeline are printed too.
 
-Prints a table of medians (ms) and writes ``--json`` (medians and means)."""
+Prints a table of medians (ms) and writes ``--json`` (medians, means and every step's wall)."""
 
 from __future__ import annotations
 
