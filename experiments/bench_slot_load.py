@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--send-mb",
         type=float,
         help="decode overlap: at most this many MB of a load start after each step's dispatch "
-        "(SlotBuffers.send_bytes_per_step; default: the whole load at once)",
+        "(EngineConfig.lora_load_mb_per_step; default: the whole load at once)",
     )
     p.add_argument("--old", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--dtype", default="bfloat16")
@@ -200,11 +200,10 @@ def decode_engine(args):
         decode_batch_buckets=(args.batch,),
         kv_len_buckets=(512,),
         lora_prefetch=False,
+        lora_load_mb_per_step=getattr(args, "send_mb", None),
     )
     t = time.perf_counter()
     engine = Engine(config)
-    if getattr(args, "send_mb", None):
-        engine.runner.slots.send_bytes_per_step = int(args.send_mb * 2**20)
     seconds = round(time.perf_counter() - t, 1)
     refill_batch(engine, args.batch)
     return engine, names, seconds
@@ -236,6 +235,18 @@ def refill_batch(engine, batch: int, steps: int = MAX_NEW_TOKENS) -> None:
         engine.step()
 
 
+def by_offset(walls: list[float], every: int) -> list[float]:
+    """Median wall (ms) of the steps at each offset from a load made before every ``every``-th
+    step (0: the step dispatched first after it, whose dispatch starts the transfer)."""
+    return [round(statistics.median(walls[k::every]), 3) for k in range(every)]
+
+
+def added_per_load(walls: list[float], base: float, every: int) -> float:
+    """What one load, made before every ``every``-th step, adds to the step timeline (ms): the
+    steps' sum against ``base`` ms a step, over the loads."""
+    return round((sum(walls) - len(walls) * base) / len(walls[::every]), 3)
+
+
 def measure_decode(args) -> dict:
     import jax
 
@@ -263,11 +274,6 @@ def measure_decode(args) -> dict:
             assert engine.last_plan.kind == "decode" and len(engine.last_plan.decode) == args.batch
         return walls
 
-    def by_offset(walls: list[float], every: int) -> list[float]:
-        """Median wall of the steps at each offset from a load (0: the step dispatched first
-        after it, whose dispatch starts the transfer)."""
-        return [round(statistics.median(walls[k::every]), 3) for k in range(every)]
-
     every = args.every
     out["every"] = every
     out["ranks"] = {}
@@ -288,8 +294,7 @@ def measure_decode(args) -> dict:
             # runner is asked directly)
             walls = step_walls(lambda a=other: runner.load_lora(free, a), every)
             row["offsets_ms"].append(by_offset(walls, every))
-            loads = len(walls[::every])
-            row["added_ms"].append(round((sum(walls) - len(walls) * base) / loads, 3))
+            row["added_ms"].append(added_per_load(walls, base, every))
             # a load into the slot of half the batch: the step at the load waits for it (the
             # requests read another adapter's weights for a while: their tokens are not checked)
             walls = step_walls(lambda a=other: runner.load_lora(used, a), every)

@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         help="also run the sent-after-dispatch scenarios with at most this many MB of a load "
-        "sent a step (SlotBuffers.send_bytes_per_step), for each value",
+        "sent a step (EngineConfig.lora_load_mb_per_step), for each value",
     )
     p.add_argument("--json", help="write the figures here")
     return p
@@ -209,12 +209,10 @@ def main(argv=None) -> None:
             row = scenario(*case)
             if case[1] and case[1] > 1:  # sparse loads: what each adds to the step timeline
                 walls, base = row["walls_ms"], out["ranks"][rank]["base"]["wall"]
-                loads = len(range(0, len(walls), case[1]))
-                row["added_per_load_ms"] = round((sum(walls) - len(walls) * base) / loads, 3)
-                at = [walls[i] for i in range(0, len(walls), case[1])]
-                after = [walls[i + 1] for i in range(0, len(walls) - 1, case[1])]
-                row["step_at_load_ms"] = round(statistics.median(at), 3)
-                row["step_after_load_ms"] = round(statistics.median(after), 3)
+                row["added_per_load_ms"] = bench.added_per_load(walls, base, case[1])
+                row["step_at_load_ms"], row["step_after_load_ms"] = bench.by_offset(walls, case[1])[
+                    :2
+                ]
             out["ranks"][rank][name] = row
             cells = " ".join(f"{row[k]:13.3f}" for k in cols)
             print(f"{rank:>4} {name:48} {cells}", flush=True)

@@ -359,7 +359,7 @@ class Engine:
     def _step_once(self) -> list[RequestOutput]:
         """One scheduling decision from the current state and its step (a decode step is only
         dispatched under ``overlap_schedule``: its tokens come with the next call)."""
-        failed = self._reap_failed_loads()
+        failed = self._reap_failed_loads(self.runner.take_failed_loads())
         now = self.clock.now()
         plan = self.scheduler.schedule(now)
         self._record(plan, now)
@@ -437,15 +437,12 @@ class Engine:
             return out
         return out + self._fail(reqs, error)
 
-    def _reap_failed_loads(
-        self, failures: dict[int, Exception] | None = None
-    ) -> list[RequestOutput]:
-        """Loads that failed after they were dispatched (their transfer refused when it started):
-        the pool forgets the adapter in that slot and its running requests end with the error
-        (as when a load fails at once); waiting ones load it again in their turn."""
+    def _reap_failed_loads(self, failures: dict[int, Exception]) -> list[RequestOutput]:
+        """Loads that failed after they were dispatched (``failures``, by slot: their transfer
+        refused when it started): the pool forgets the adapter in that slot and its running
+        requests end with the error (as when a load fails at once); waiting ones load it again in
+        their turn."""
         out: list[RequestOutput] = []
-        if failures is None:
-            failures = self.runner.take_failed_loads()
         for slot, error in failures.items():
             name = self.adapters.occupant[slot]
             if name is None:

@@ -417,14 +417,14 @@ class SlotBuffers:
         self._queued.pop(slot, None)
         self._partial.pop(slot, None)
         self._failed.pop(slot, None)
+        self.slot_rank[slot] = 0 if adapter is None else adapter.rank
+        self.occupant[slot] = None if adapter is None else adapter.name
         if adapter is None:
             self._pending[slot] = None
         elif self.send_after_dispatch:
             self._queued[slot] = dict(adapter.groups)  # emptied group by group as it is sent
             self._pending.pop(slot, None)  # an earlier load of the slot is never written
-        self.slot_rank[slot] = 0 if adapter is None else adapter.rank
-        self.occupant[slot] = None if adapter is None else adapter.name
-        if adapter is not None and not self.send_after_dispatch:
+        else:
             self._send(slot, adapter.groups)
 
     def send_queued(self, slots: Iterable[int] | None = None, budget: bool = True) -> None:
